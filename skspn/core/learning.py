@@ -1,0 +1,158 @@
+"""Compiled training steps and inference ops for a ``DGCSPN``.
+
+- ``EMLearner``: online EM. One step = forward (marginal inference, as in the paper),
+  backward through the routing sum op (``hard``, ``hard_unweighted`` or ``soft``), and
+  the resulting counts added to each sum layer's accumulators. Leaves stay fixed.
+- ``GradientLearner``: Adam on the generative objective ``-mean log p(x)`` or on the
+  cross-entropy of ``p(y | x)``, with product and input dropout while training.
+- ``CompiledOps``: the batched inference queries, traced once per network.
+
+Adam is written out here (a few lines) rather than taken from Keras so that its state is
+plain ``tf.Variable``s that can be exported to numpy and restored exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from .network import DGCSPN
+
+EM_ROUTINGS = {"hard_em": "hard", "hard_em_unweighted": "hard_unweighted", "soft_em": "soft"}
+
+# XLA fuses the broadcast-and-argmax of the hard routings and the slices of the products;
+# measured on CPU (benchmarks/README.md) it is faster for every op here.
+JIT_COMPILE = True
+
+
+def _image_spec(network):
+    h, w = network.spatial_shape
+    return tf.TensorSpec([None, h, w, network.n_colors], tf.float32)
+
+
+_SEED = tf.TensorSpec([2], tf.int64)
+
+
+class EMLearner:
+    """Online EM on the sum weights of ``network`` (which must use count accumulators)."""
+
+    def __init__(self, network: DGCSPN, learning="hard_em_unweighted", jit_compile=JIT_COMPILE):
+        if network.top.log_space:
+            raise ValueError("EM needs a network built with log_space=False (count accumulators)")
+        self.network = network
+        self.routing = EM_ROUTINGS[learning]
+        self._step = tf.function(self._step_impl, input_signature=[_image_spec(network), _SEED],
+                                 jit_compile=jit_compile)
+
+    def _step_impl(self, x, seed):
+        counts, root = self.network.em_counts(x, self.routing, seed)
+        for layer, c in zip(self.network.weight_layers, counts):
+            layer.accumulator.assign_add(c)
+        return tf.reduce_mean(root)
+
+    def step(self, x, seed):
+        """One online EM step on batch ``x``; returns the batch's mean ``log p(x)``
+        (computed with the weights before the update)."""
+        return float(self._step(x, seed))
+
+
+class Adam(tf.Module):
+    """Adam (Kingma & Ba) over a fixed list of variables."""
+
+    def __init__(self, variables, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+        super().__init__(name="adam")
+        self.vars = list(variables)
+        self.learning_rate = tf.Variable(float(learning_rate), trainable=False)
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+        self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.vars]
+        self.v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.vars]
+
+    def apply(self, grads):
+        self.iterations.assign_add(1)
+        t = tf.cast(self.iterations, tf.float32)
+        lr = self.learning_rate * tf.sqrt(1.0 - self.beta_2 ** t) / (1.0 - self.beta_1 ** t)
+        for var, g, m, v in zip(self.vars, grads, self.m, self.v):
+            if g is None:
+                continue
+            m.assign(self.beta_1 * m + (1.0 - self.beta_1) * g)
+            v.assign(self.beta_2 * v + (1.0 - self.beta_2) * tf.square(g))
+            var.assign_sub(lr * m / (tf.sqrt(v) + self.epsilon))
+
+    def get_state(self):
+        return [int(self.iterations.numpy())] + [a.numpy() for a in self.m + self.v]
+
+    def set_state(self, state):
+        self.iterations.assign(state[0])
+        for var, value in zip(self.m + self.v, state[1:]):
+            var.assign(value)
+
+
+class GradientLearner:
+    """Adam on ``-mean log p(x)`` (``objective='nll'``) or the class cross-entropy (``'ce'``).
+
+    Trains every trainable variable of the network: log-space accumulators and, when the
+    leaf was built trainable, its parameters.
+    """
+
+    def __init__(self, network: DGCSPN, objective="nll", learning_rate=1e-3,
+                 product_dropout=0.0, input_dropout=0.0, jit_compile=JIT_COMPILE):
+        if objective not in ("nll", "ce"):
+            raise ValueError(f"objective must be 'nll' or 'ce', got {objective!r}")
+        if objective == "ce" and not network.n_classes:
+            raise ValueError("cross-entropy needs a network with class sums")
+        self.network = network
+        self.objective = objective
+        self.product_dropout = float(product_dropout)
+        self.input_dropout = float(input_dropout)
+        self.variables = [v for v in network.trainable_variables]
+        self.optimizer = Adam(self.variables, learning_rate)
+        spec = [_image_spec(network), tf.TensorSpec([None], tf.int32),
+                tf.TensorSpec([None], tf.float32), _SEED]
+        self._step = tf.function(self._step_impl, input_signature=spec, jit_compile=jit_compile)
+
+    def _loss(self, x, y, weight, seed):
+        net = self.network
+        top, root = net.forward(x, "gradient", seed, self.product_dropout, self.input_dropout)
+        if self.objective == "nll":
+            per_sample = -root
+        else:
+            joint = top + net.class_prior.log_weights()[0, :, 0]
+            log_post = tf.nn.log_softmax(joint, axis=-1)
+            per_sample = -tf.gather(log_post, y, axis=1, batch_dims=1)
+        return tf.reduce_sum(weight * per_sample) / tf.reduce_sum(weight)
+
+    def _step_impl(self, x, y, weight, seed):
+        with tf.GradientTape() as tape:
+            loss = self._loss(x, y, weight, seed)
+        grads = tape.gradient(loss, self.variables)
+        self.optimizer.apply(grads)
+        return loss
+
+    def step(self, x, y, weight, seed):
+        return float(self._step(x, y, weight, seed))
+
+
+class CompiledOps:
+    """Batched inference queries on ``network``, each a ``tf.function`` traced once."""
+
+    def __init__(self, network: DGCSPN, jit_compile=JIT_COMPILE):
+        self.network = network
+        img = _image_spec(network)
+        self.log_likelihood = tf.function(network.log_likelihood, input_signature=[img],
+                                          jit_compile=jit_compile)
+        if network.n_classes:
+            self.joint_log_likelihood = tf.function(
+                network.joint_log_likelihood, input_signature=[img], jit_compile=jit_compile)
+        self._complete = {
+            m: tf.function(lambda x, seed, m=m: network.complete(x, m, seed),
+                           input_signature=[img, _SEED], jit_compile=jit_compile)
+            for m in ("marginal", "mpe", "sample")}
+        self.leaf_posterior = tf.function(
+            lambda x: network.leaf_signal(x, "soft")[0], input_signature=[img],
+            jit_compile=jit_compile)
+
+    def complete(self, x, method="marginal", seed=None):
+        if seed is None:
+            seed = np.zeros(2, np.int64)
+        return self._complete[method](x, tf.constant(seed, tf.int64))

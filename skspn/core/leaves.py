@@ -1,0 +1,207 @@
+"""Leaf layers: K univariate components per pixel (Normal, Bernoulli, Categorical).
+
+Internal layout is cells-major: inputs arrive as ``[H, W, B, n_colors]`` and log-probs
+leave as ``[H, W, B, K]``. A missing value (NaN) contributes log-prob 0 to every
+component of its pixel: that is exact marginalisation of the variable. Multi-channel
+pixels (RGB) take a product over the colour channels per component, so a cell's scope is
+the whole pixel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def quantile_means(images: np.ndarray, n_components: int) -> np.ndarray:
+    """Per-pixel quantile means (Poon & Domingos): sort each pixel's training values,
+    split them into ``n_components`` equal groups and take each group's mean.
+
+    Parameters
+    ----------
+    images : ndarray of shape (n_samples, H, W, n_colors)
+        Training data; NaN entries are ignored.
+
+    Returns
+    -------
+    means : ndarray of shape (H, W, n_colors, n_components)
+    """
+    x = np.sort(np.asarray(images, dtype=np.float64), axis=0)  # NaN sort last
+    n_valid = np.sum(~np.isnan(x), axis=0)  # [H, W, C]
+    n = x.shape[0]
+    rank = np.arange(n)[:, None, None, None]
+    # Component of each sorted value: floor(rank * K / n_valid); NaN rows get K (dropped).
+    comp = np.where(rank < n_valid, (rank * n_components) // np.maximum(n_valid, 1),
+                    n_components)
+    means = np.zeros(x.shape[1:] + (n_components,))
+    for k in range(n_components):  # K is small; the pixel axes stay vectorised
+        sel = comp == k
+        cnt = sel.sum(axis=0)
+        tot = np.where(sel, np.nan_to_num(x), 0.0).sum(axis=0)
+        means[..., k] = np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
+    # Pixels with fewer valid values than components (or none): fall back to the
+    # pixel's mean, then to 0, so every component has a finite mean.
+    pixel_mean = np.where(n_valid > 0, np.nansum(x, axis=0) / np.maximum(n_valid, 1), 0.0)
+    means = np.where(np.isnan(means), pixel_mean[..., None], means)
+    return means.astype(np.float32)
+
+
+def equidistant_means(spatial_shape, n_colors: int, n_components: int, low: float,
+                      high: float) -> np.ndarray:
+    """Means spread evenly over ``[low, high]`` along the component axis of every pixel.
+
+    Returns
+    -------
+    means : ndarray of shape (H, W, n_colors, n_components)
+    """
+    grid = np.linspace(low, high, n_components, dtype=np.float32)
+    return np.broadcast_to(grid, tuple(spatial_shape) + (n_colors, n_components)).copy()
+
+
+class Leaf(tf.Module):
+    """Base class. Subclasses define ``component_log_prob`` and the completions."""
+
+    n_components: int
+    discrete: bool = False
+
+    def log_prob(self, x: tf.Tensor) -> tf.Tensor:
+        """Per-component log-probabilities of ``x`` ``[H, W, B, n_colors]`` -> ``[H, W, B, K]``.
+
+        NaN entries are marginalised (log-prob 0).
+        """
+        missing = tf.math.is_nan(x)
+        x_filled = tf.where(missing, tf.zeros_like(x), x)
+        lp = self.component_log_prob(x_filled)  # [H, W, B, n_colors, K]
+        lp = tf.where(missing[..., None], tf.zeros_like(lp), lp)
+        return tf.reduce_sum(lp, axis=-2)
+
+    def expected_value(self, posterior: tf.Tensor) -> tf.Tensor:
+        """Posterior-marginal completion: ``[H, W, B, K]`` posteriors -> ``[H, W, B, n_colors]``."""
+        raise NotImplementedError
+
+    def mode(self, selection: tf.Tensor) -> tf.Tensor:
+        """Value of the selected component's mode; ``selection`` is one-hot ``[H, W, B, K]``."""
+        raise NotImplementedError
+
+    def sample(self, selection: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        """A draw from the selected component; ``selection`` is one-hot ``[H, W, B, K]``."""
+        raise NotImplementedError
+
+
+class NormalLeaf(Leaf):
+    """Univariate Normal components.
+
+    Parameters
+    ----------
+    loc : array of shape (H, W, n_colors, K)
+    scale : float or array broadcastable to ``loc``
+    trainable : bool
+        Whether ``loc`` and ``log_scale`` are trained by gradient learning.
+    min_scale : float
+        Lower bound on the scale, keeping densities finite when trained.
+    """
+
+    def __init__(self, loc, scale=1.0, trainable=False, min_scale=1e-2, name="normal_leaf"):
+        super().__init__(name=name)
+        loc = np.asarray(loc, dtype=np.float32)
+        self.n_components = loc.shape[-1]
+        self.n_colors = loc.shape[-2]
+        self.min_scale = float(min_scale)
+        log_scale = np.log(np.maximum(np.broadcast_to(np.asarray(scale, np.float32), loc.shape),
+                                      self.min_scale) - 0.99 * self.min_scale)
+        # Stored cells-major [H, W, 1, n_colors, K] so they broadcast over the batch axis.
+        self.loc = tf.Variable(loc[:, :, None], trainable=trainable, name="loc")
+        self.log_scale = tf.Variable(log_scale[:, :, None].astype(np.float32),
+                                     trainable=trainable, name="log_scale")
+
+    @property
+    def scale(self):
+        # A floor keeps the density bounded when scales are trained.
+        return tf.exp(self.log_scale) + 0.99 * self.min_scale
+
+    def component_log_prob(self, x):
+        scale = self.scale
+        z = (x[..., None] - self.loc) / scale
+        return -0.5 * tf.square(z) - tf.math.log(scale) - _HALF_LOG_2PI
+
+    def expected_value(self, posterior):
+        return tf.einsum("hwbk,hwck->hwbc", posterior, self.loc[:, :, 0])
+
+    def mode(self, selection):
+        return self.expected_value(selection)
+
+    def sample(self, selection, seed):
+        mean = self.expected_value(selection)
+        std = tf.einsum("hwbk,hwck->hwbc", selection, self.scale[:, :, 0])
+        return mean + std * tf.random.stateless_normal(tf.shape(mean), seed)
+
+
+class BernoulliLeaf(Leaf):
+    """Bernoulli components over {0, 1}; parameterised by logits of P(x = 1)."""
+
+    discrete = True
+
+    def __init__(self, logits, trainable=True, name="bernoulli_leaf"):
+        super().__init__(name=name)
+        logits = np.asarray(logits, dtype=np.float32)
+        self.n_components = logits.shape[-1]
+        self.n_colors = logits.shape[-2]
+        self.logits = tf.Variable(logits[:, :, None], trainable=trainable, name="logits")
+
+    def component_log_prob(self, x):
+        x = x[..., None]
+        return x * tf.math.log_sigmoid(self.logits) + (1.0 - x) * tf.math.log_sigmoid(-self.logits)
+
+    def _p_one(self, posterior):
+        return tf.einsum("hwbk,hwck->hwbc", posterior, tf.sigmoid(self.logits[:, :, 0]))
+
+    def expected_value(self, posterior):
+        # Marginal MAP per variable: the more probable value under the posterior mixture.
+        return tf.cast(self._p_one(posterior) > 0.5, tf.float32)
+
+    def mode(self, selection):
+        return self.expected_value(selection)
+
+    def sample(self, selection, seed):
+        p = self._p_one(selection)
+        return tf.cast(tf.random.stateless_uniform(tf.shape(p), seed) < p, tf.float32)
+
+
+class CategoricalLeaf(Leaf):
+    """Categorical components over ``{0, ..., n_categories - 1}``."""
+
+    discrete = True
+
+    def __init__(self, logits, trainable=True, name="categorical_leaf"):
+        super().__init__(name=name)
+        logits = np.asarray(logits, dtype=np.float32)  # [H, W, n_colors, K, n_categories]
+        self.n_components = logits.shape[-2]
+        self.n_colors = logits.shape[-3]
+        self.n_categories = logits.shape[-1]
+        self.logits = tf.Variable(logits[:, :, None], trainable=trainable, name="logits")
+
+    def component_log_prob(self, x):
+        log_p = tf.nn.log_softmax(self.logits, axis=-1)  # [H, W, 1, C, K, n]
+        onehot = tf.one_hot(tf.cast(x, tf.int32), self.n_categories)  # [H, W, B, C, n]
+        return tf.einsum("hwbcn,hwcKn->hwbcK", onehot, log_p[:, :, 0])
+
+    def _predictive(self, posterior):
+        p = tf.nn.softmax(self.logits[:, :, 0], axis=-1)  # [H, W, C, K, n]
+        return tf.einsum("hwbk,hwckn->hwbcn", posterior, p)
+
+    def expected_value(self, posterior):
+        return tf.cast(tf.argmax(self._predictive(posterior), axis=-1), tf.float32)
+
+    def mode(self, selection):
+        return self.expected_value(selection)
+
+    def sample(self, selection, seed):
+        p = self._predictive(selection)
+        shape = tf.shape(p)
+        flat = tf.reshape(tf.math.log(p + 1e-30), [-1, self.n_categories])
+        draw = tf.random.stateless_categorical(flat, 1, seed)
+        return tf.cast(tf.reshape(draw, shape[:-1]), tf.float32)

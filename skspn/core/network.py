@@ -1,0 +1,245 @@
+"""DGCSPN: the layer stack and its inference operations.
+
+Every query is one forward pass, optionally followed by one backward pass through the
+routing sum op (``sums.routed_sum``):
+
+- marginal / joint log-likelihood: forward, NaN pixels marginalised;
+- posteriors at the leaves: ``d log S / d log L`` with ``soft`` routing;
+- posterior-marginal imputation: posteriors x component means;
+- MPE completion: ``max`` routing, then the selected component's mode;
+- sampling (conditional on the observed pixels): ``sample`` routing, then a draw from
+  the selected component;
+- EM counts: the gradient of ``sum log S`` with respect to the normalised log-weights,
+  under ``hard``, ``hard_unweighted`` or ``soft`` routing.
+
+Public tensors are batch-major: images ``[B, H, W, n_colors]``. Internally the layers work
+cells-major ``[H, W, B, C]`` so that per-cell sums are plain batched matmuls.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from .leaves import Leaf
+from .products import Product
+from .scopes import ProductSpec, resolve
+from .sums import LOG_ZERO, SpatialSum, routed_sum
+
+_SEED_SPEC = tf.TensorSpec([2], tf.int64)
+
+
+class DGCSPN(tf.Module):
+    """A Deep Generalized Convolutional Sum-Product Network.
+
+    Parameters
+    ----------
+    spatial_shape : tuple of int
+        ``(H, W)``; 1-D data is ``(1, n)``.
+    leaf : Leaf
+        Leaf layer with ``n_components`` channels per cell.
+    products : list of ProductSpec
+        The product layers (see ``scopes.plan_products``); validated here.
+    sum_channels : list of int
+        Output channels of the spatial sum after each product but the last
+        (``len(products) - 1`` entries).
+    n_classes : int, optional
+        ``None``: one root sum, ``log S(x)``. An int: ``n_classes`` class sums and a
+        class prior, giving ``log p(x, y=k)``.
+    shared_sums : bool
+        Share spatial-sum weights across cells.
+    log_space : bool
+        Log-space accumulators (gradient learning) or counts (EM).
+    seed : int
+        Seeds the initial weights and one-hot channel subsets.
+    """
+
+    def __init__(self, spatial_shape, leaf: Leaf, products: list[ProductSpec],
+                 sum_channels: list[int], n_classes=None, shared_sums=False,
+                 log_space=True, seed=0, name="dgcspn"):
+        super().__init__(name=name)
+        self.spatial_shape = tuple(int(n) for n in spatial_shape)
+        if len(self.spatial_shape) != 2:
+            raise ValueError(f"spatial_shape must be (H, W), got {spatial_shape}")
+        sum_channels = [int(c) for c in sum_channels]
+        if len(sum_channels) != max(len(products) - 1, 0):
+            raise ValueError(f"{len(products)} product layers need {max(len(products) - 1, 0)} "
+                             f"sum layers between them, got sum_channels={sum_channels}")
+        if any(c < 1 for c in sum_channels):
+            raise ValueError(f"sum_channels must be positive, got {sum_channels}")
+        self.report = resolve(self.spatial_shape, products)
+        self.leaf = leaf
+        self.n_colors = leaf.n_colors
+        self.n_classes = n_classes
+        rng = np.random.default_rng(seed)
+        channels = leaf.n_components
+        self.products, self.sums = [], []
+        for i, rp in enumerate(self.report.products):
+            product = Product(rp, channels, rng=rng, name=f"product_{i}")
+            self.products.append(product)
+            channels = product.out_channels
+            if i < len(products) - 1:
+                n_cells = int(np.prod(rp.out_shape))
+                s = SpatialSum(n_cells, channels, sum_channels[i], shared=shared_sums,
+                               log_space=log_space, rng=rng, name=f"sum_{i}")
+                self.sums.append(s)
+                channels = sum_channels[i]
+        self.top_channels = channels
+        self.n_top_inputs = self.report.n_top_cells * channels
+        self.top = SpatialSum(1, self.n_top_inputs, n_classes or 1, log_space=log_space,
+                              rng=rng, name="class_sums" if n_classes else "root")
+        self.class_prior = None
+        if n_classes:
+            self.class_prior = SpatialSum(1, n_classes, 1, log_space=log_space,
+                                          init=np.zeros((1, n_classes, 1)), name="class_prior")
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def weight_layers(self):
+        """All sum layers in forward order (spatial sums, top sums, class prior)."""
+        layers = list(self.sums) + [self.top]
+        if self.class_prior is not None:
+            layers.append(self.class_prior)
+        return layers
+
+    def log_weights(self):
+        return [layer.log_weights() for layer in self.weight_layers]
+
+    def describe(self):
+        """Human-readable layer table: name, kernel, dilation, output cells, channels."""
+        rows = [f"leaf: {self.spatial_shape} x {self.leaf.n_components} components"]
+        for i, p in enumerate(self.products):
+            rows.append(
+                f"{p.name}: kernel {p.resolved.spec.kernel} strides "
+                f"{tuple(op.stride for op in p.axes)} dilations "
+                f"{tuple(op.dilation for op in p.axes)} -> {p.out_shape} x {p.out_channels} "
+                f"({p.mode})")
+            if i < len(self.sums):
+                rows.append(f"{self.sums[i].name}: -> {self.sums[i].out_channels} channels")
+        rows.append(f"top: {self.report.top_shape} full-scope cells x {self.top_channels} "
+                    f"channels -> {self.n_classes or 1} sum(s)")
+        return "\n".join(rows)
+
+    # ------------------------------------------------------------------ forward
+    def leaf_log_prob(self, x):
+        """``x`` ``[B, H, W, n_colors]`` (NaN = missing) -> leaf log-probs ``[H, W, B, K]``."""
+        return self.leaf.log_prob(tf.transpose(x, [1, 2, 0, 3]))
+
+    def forward_from_leaves(self, leaf_lp, log_weights=None, routing="gradient", seed=None,
+                            product_dropout=0.0, input_dropout=0.0):
+        """Run the stack from leaf log-probs ``[H, W, B, K]``.
+
+        Returns
+        -------
+        top : Tensor ``[B, n_classes or 1]``
+            Root log-value, or the class sums ``log S_k(x)`` (without the prior).
+        root : Tensor ``[B]``
+            ``log p(x)``: the root, or the prior-weighted mixture of the class sums.
+        """
+        if log_weights is None:
+            log_weights = self.log_weights()
+        if seed is None:
+            seed = tf.constant([0, 0], tf.int64)
+
+        def layer_seed(i):
+            return tf.random.experimental.stateless_fold_in(seed, i)
+
+        x = leaf_lp
+        if input_dropout > 0.0:  # marginalise whole pixels: log 1
+            keep = tf.random.stateless_uniform(tf.shape(x)[:3], layer_seed(1000)) >= input_dropout
+            x = tf.where(keep[..., None], x, tf.zeros_like(x))
+        for i, product in enumerate(self.products):
+            x = product(x)
+            if product_dropout > 0.0:  # drop product nodes: log 0
+                keep = tf.random.stateless_uniform(tf.shape(x), layer_seed(2000 + i)) >= product_dropout
+                x = tf.where(keep, x, tf.fill(tf.shape(x), LOG_ZERO))
+            if i < len(self.sums):
+                x = self.sums[i](x, log_weights[i], routing, layer_seed(i))
+        (h0, nh), (w0, nw) = self.report.top_index
+        x = x[h0:h0 + nh, w0:w0 + nw]  # full-scope cells only (completeness)
+        batch = tf.shape(x)[2]
+        x = tf.reshape(tf.transpose(x, [2, 0, 1, 3]), [1, batch, self.n_top_inputs])
+        top = routed_sum(x, log_weights[len(self.sums)], routing, layer_seed(500))
+        if self.class_prior is None:
+            return top[0], top[0, :, 0]
+        root = routed_sum(top, log_weights[len(self.sums) + 1], routing, layer_seed(501))
+        return top[0], root[0, :, 0]
+
+    def forward(self, x, routing="gradient", seed=None, product_dropout=0.0, input_dropout=0.0):
+        return self.forward_from_leaves(self.leaf_log_prob(x), None, routing, seed,
+                                        product_dropout, input_dropout)
+
+    # ------------------------------------------------------------------ queries
+    def log_likelihood(self, x):
+        """``log p(x)`` ``[B]``, missing (NaN) values marginalised."""
+        return self.forward(x)[1]
+
+    def joint_log_likelihood(self, x):
+        """``log p(x, y=k)`` ``[B, n_classes]`` (classifier networks)."""
+        top, _ = self.forward(x)
+        return top + self.class_prior.log_weights()[0, :, 0]
+
+    def leaf_signal(self, x, routing, seed=None):
+        """Backward signal at the leaves ``[H, W, B, K]`` and ``log p(x)`` ``[B]``.
+
+        ``soft``: the posterior of every component given the evidence. ``max``: the MPE
+        selection. ``sample``: a sampled selection (conditional on the evidence).
+        """
+        leaf_lp = self.leaf_log_prob(x)
+        with tf.GradientTape() as tape:
+            tape.watch(leaf_lp)
+            _, root = self.forward_from_leaves(leaf_lp, None, routing, seed)
+            total = tf.reduce_sum(root)
+        return tape.gradient(total, leaf_lp), root
+
+    def complete(self, x, method="marginal", seed=None):
+        """Fill the NaN entries of ``x`` ``[B, H, W, n_colors]``; observed values are kept.
+
+        ``method``: ``'marginal'`` (posterior-weighted component means, the paper's
+        inpainting), ``'mpe'`` (max-product completion) or ``'sample'``.
+        """
+        routing = {"marginal": "soft", "mpe": "max", "sample": "sample"}[method]
+        if seed is None:
+            seed = tf.constant([0, 0], tf.int64)
+        signal, _ = self.leaf_signal(x, routing, seed)
+        if method == "marginal":
+            values = self.leaf.expected_value(signal)
+        elif method == "mpe":
+            values = self.leaf.mode(signal)
+        else:
+            values = self.leaf.sample(signal, tf.random.experimental.stateless_fold_in(seed, 7))
+        values = tf.transpose(values, [2, 0, 1, 3])
+        return tf.where(tf.math.is_nan(x), values, x)
+
+    def em_counts(self, x, routing, seed=None):
+        """Counts per sum layer for a batch and the batch's ``log p(x)``.
+
+        The counts are the gradient of ``sum_b log S(x_b)`` with respect to each layer's
+        normalised log-weights under the chosen routing: hard win counts (``hard``,
+        ``hard_unweighted``) or expected counts (``soft``).
+        """
+        leaf_lp = self.leaf_log_prob(x)
+        with tf.GradientTape() as tape:
+            log_weights = self.log_weights()
+            tape.watch(log_weights)
+            _, root = self.forward_from_leaves(leaf_lp, log_weights, routing, seed)
+            total = tf.reduce_sum(root)
+        return tape.gradient(total, log_weights), root
+
+    # ------------------------------------------------------------------ state
+    def get_weights(self):
+        """All variables as numpy arrays, in a fixed order (for pickling)."""
+        return [v.numpy() for v in self._ordered_variables()]
+
+    def set_weights(self, arrays):
+        variables = self._ordered_variables()
+        if len(arrays) != len(variables):
+            raise ValueError(f"expected {len(variables)} arrays, got {len(arrays)}")
+        for v, a in zip(variables, arrays):
+            if tuple(v.shape) != tuple(np.shape(a)):
+                raise ValueError(f"variable {v.name}: shape {tuple(v.shape)} != {np.shape(a)}")
+            v.assign(a)
+
+    def _ordered_variables(self):
+        leaf_vars = sorted(self.leaf.variables, key=lambda v: v.name)
+        return leaf_vars + [layer.accumulator for layer in self.weight_layers]

@@ -1,0 +1,216 @@
+"""Sum layers and the routing sum op.
+
+Layout is cells-major ``[N_cells, B, C]``: a per-cell (unshared) sum is then one batched
+matmul ``[N, B, C_in] @ [N, C_in, C_out]`` without any transpose.
+
+The routing sum op is the single mechanism behind EM counts, MPE and sampling. Its
+forward pass is the log-sum-exp of weighted children (or their max, for MPE); its
+backward pass sends the incoming signal to the children, chosen per call:
+
+``gradient`` / ``soft``
+    the true gradient: the signal is split by the child posteriors, so the gradient with
+    respect to the log-weights is the expected counts (soft EM) and the gradient at the
+    leaves is the posterior of every component given the evidence.
+``hard``
+    the whole signal goes to the child with the largest *weighted* value (hard EM).
+``hard_unweighted``
+    the whole signal goes to the child with the largest *unweighted* value (USI).
+``sample``
+    the whole signal goes to a child drawn with probability ``w_i C_i / S`` (Gumbel-max).
+``max``
+    forward is max-product; backward goes to the weighted argmax (MPE).
+
+Ties are broken uniformly at random, which matters when children are exactly equal
+(e.g. components of a marginalised pixel).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+ROUTINGS = ("gradient", "soft", "hard", "hard_unweighted", "sample", "max")
+
+#: Finite stand-in for log(0): product dropout sets outputs to this. A finite value
+#: keeps max-subtraction and gradients free of inf - inf.
+LOG_ZERO = -1e30
+
+
+def _stable_max(x, axis):
+    m = tf.stop_gradient(tf.reduce_max(x, axis=axis, keepdims=True))
+    return tf.where(tf.math.is_finite(m), m, tf.zeros_like(m))
+
+
+def log_matmul_exp(x, log_w):
+    """``log(exp(x) @ exp(log_w))`` per cell without materialising ``[N, B, C_in, C_out]``.
+
+    Parameters
+    ----------
+    x : Tensor ``[N, B, C_in]``
+    log_w : Tensor ``[N, C_in, C_out]`` or ``[1, C_in, C_out]`` (shared over cells)
+    """
+    m = _stable_max(x, -1)
+    p = tf.exp(x - m)
+    w = tf.exp(log_w)
+    if log_w.shape[0] == 1 and x.shape[0] != 1:
+        s = tf.tensordot(p, w[0], axes=[[2], [0]])
+    else:
+        s = tf.matmul(p, w)
+    return tf.math.log(s) + m
+
+
+def _random_argmax(z, axis, seed):
+    """Argmax along ``axis`` with ties broken uniformly at random."""
+    is_max = z >= tf.reduce_max(z, axis=axis, keepdims=True)
+    u = tf.random.stateless_uniform(tf.shape(z), seed)
+    return tf.argmax(tf.where(is_max, u, -tf.ones_like(u)), axis=axis, output_type=tf.int32)
+
+
+def _weighted_scores(x, log_w):
+    # [N, B, C_in, C_out]: only the max-product forward pass (MPE) needs all of it.
+    return x[:, :, :, None] + log_w[:, None, :, :]
+
+
+def _route_weighted(x, log_w, g, seed, gumbel):
+    """Route the signal ``g`` ``[N, B, C_out]`` to the weighted argmax child (or a
+    Gumbel-max draw).
+
+    In a valid SPN a hard (or sampled) induced tree reaches each cell through at most
+    one of its sums: two parents of the same cell lie in the same layer with overlapping
+    scopes, so they cannot both be in a tree whose products have disjoint children.
+    Hence per (cell, sample) only the channel ``o*`` carrying the signal needs its argmax,
+    which costs ``[N, B, C_in]`` instead of ``[N, B, C_in, C_out]``.
+    """
+    active = tf.argmax(g, axis=-1, output_type=tf.int32)  # [N, B]: the channel o*
+    signal = tf.reduce_sum(g, axis=-1, keepdims=True)  # [N, B, 1]
+    w_t = tf.transpose(log_w, [0, 2, 1])  # [N, C_out, C_in]
+    w_active = tf.gather(w_t, active, axis=1, batch_dims=1)  # [N, B, C_in]
+    z = x + w_active
+    if gumbel:
+        u = tf.random.stateless_uniform(tf.shape(z), seed, minval=1e-20, maxval=1.0)
+        sel = tf.argmax(z - tf.math.log(-tf.math.log(u)), axis=-1, output_type=tf.int32)
+    else:
+        sel = _random_argmax(z, 2, seed)  # [N, B]
+    onehot = tf.one_hot(sel, tf.shape(x)[-1], dtype=x.dtype)  # [N, B, C_in]
+    dx = onehot * signal
+    # Counts: the signal of channel o* goes to (sel, o*).
+    dlw = tf.matmul(onehot, g, transpose_a=True)  # [N, C_in, C_out]
+    return dx, dlw
+
+
+def _route_unweighted(x, g, seed):
+    sel = _random_argmax(x, 2, seed)  # [N, B]
+    onehot = tf.one_hot(sel, tf.shape(x)[-1], dtype=x.dtype)  # [N, B, C_in]
+    dx = onehot * tf.reduce_sum(g, axis=-1, keepdims=True)
+    dlw = tf.matmul(onehot, g, transpose_a=True)  # [N, C_in, C_out]
+    return dx, dlw
+
+
+def routed_sum(x, log_w, routing="gradient", seed=None):
+    """Weighted sums of ``x`` per cell, with the backward pass chosen by ``routing``.
+
+    Parameters
+    ----------
+    x : Tensor ``[N, B, C_in]``
+        Log-values of the children.
+    log_w : Tensor ``[N | 1, C_in, C_out]``
+        Normalised log-weights.
+    routing : str
+        One of ``ROUTINGS``.
+    seed : Tensor ``[2]`` of int, optional
+        Stateless seed for tie-breaking and sampling.
+
+    Returns
+    -------
+    Tensor ``[N, B, C_out]``
+    """
+    if routing in ("gradient", "soft"):
+        return log_matmul_exp(x, log_w)
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+    if seed is None:
+        seed = tf.constant([0, 0], tf.int64)
+    shared = log_w.shape[0] == 1 and x.shape[0] != 1
+
+    @tf.custom_gradient
+    def op(x, log_w):
+        lw = tf.broadcast_to(log_w, tf.concat([tf.shape(x)[:1], tf.shape(log_w)[1:]], 0))
+        if routing == "max":
+            out = tf.reduce_max(_weighted_scores(x, lw), axis=2)
+        else:
+            out = log_matmul_exp(x, log_w)
+
+        def grad(g):
+            if routing == "hard_unweighted":
+                dx, dlw = _route_unweighted(x, g, seed)
+            else:
+                dx, dlw = _route_weighted(x, lw, g, seed, gumbel=routing == "sample")
+            if shared:
+                dlw = tf.reduce_sum(dlw, axis=0, keepdims=True)
+            return dx, dlw
+
+        return out, grad
+
+    return op(x, log_w)
+
+
+class SpatialSum(tf.Module):
+    """Per cell, ``C_out`` mixtures over that cell's ``C_in`` channels.
+
+    Parameters
+    ----------
+    n_cells : int
+        Number of cells (weights are unshared per cell unless ``shared``).
+    in_channels, out_channels : int
+    shared : bool
+        One weight matrix for all cells.
+    log_space : bool
+        Accumulators hold log-weights (gradient learning: weights are their softmax) or
+        non-negative counts (EM: weights are ``(c + eps) / sum(c + eps)``,
+        ``eps = 1e-2 / C_in``).
+    init : ndarray, optional
+        Initial accumulators of shape ``[n_cells | 1, C_in, C_out]``.
+    """
+
+    def __init__(self, n_cells, in_channels, out_channels, shared=False, log_space=True,
+                 init=None, rng=None, name="sum"):
+        super().__init__(name=name)
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.log_space = bool(log_space)
+        self.eps = 1e-2 / self.in_channels
+        self.n_cells = int(n_cells)
+        shape = (1 if shared else int(n_cells), self.in_channels, self.out_channels)
+        if init is None:
+            rng = np.random.default_rng(0) if rng is None else rng
+            init = default_accumulators(shape, log_space, rng)
+        self.accumulator = tf.Variable(np.asarray(init, np.float32).reshape(shape),
+                                       name="accumulator")
+
+    def log_weights(self):
+        if self.log_space:
+            return tf.nn.log_softmax(self.accumulator, axis=1)
+        c = tf.maximum(self.accumulator, 0.0) + self.eps
+        return tf.math.log(c) - tf.math.log(tf.reduce_sum(c, axis=1, keepdims=True))
+
+    def __call__(self, x, log_w, routing="gradient", seed=None):
+        """``x`` ``[H, W, B, C_in]`` -> ``[H, W, B, C_out]`` using log-weights ``log_w``.
+
+        The normalised log-weights are passed in (from ``log_weights()``) so that a caller
+        can take gradients with respect to them: those gradients are the EM counts.
+        """
+        shape = tf.shape(x)
+        flat = tf.reshape(x, [self.n_cells, shape[2], self.in_channels])
+        out = routed_sum(flat, log_w, routing, seed)
+        return tf.reshape(out, tf.concat([shape[:3], [self.out_channels]], 0))
+
+
+def default_accumulators(shape, log_space, rng):
+    """Initial accumulators that keep sibling children distinct from the start.
+
+    Log-space: log-weights drawn from N(0, 0.5^2), so sums are not all uniform (uniform
+    weights make every class sum of a deep network equal and its gradients cancel).
+    Counts: uniform in [0.5, 1.5] (hard EM quickly overrides them with real counts).
+    """
+    if log_space:
+        return rng.normal(0.0, 0.5, size=shape).astype(np.float32)
+    return rng.uniform(0.5, 1.5, size=shape).astype(np.float32)
