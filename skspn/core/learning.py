@@ -20,9 +20,11 @@ from .network import DGCSPN
 
 EM_ROUTINGS = {"hard_em": "hard", "hard_em_unweighted": "hard_unweighted", "soft_em": "soft"}
 
-# XLA fuses the broadcast-and-argmax of the hard routings and the slices of the products;
-# measured on CPU (benchmarks/README.md) it is faster for every op here.
-JIT_COMPILE = True
+# XLA compilation: measured on the 2-core CPU (MNIST inpainting net, batch 128) the
+# compiled hard-EM step and forward pass run at about the same speed with and without it,
+# while compiling takes 2-4x longer, which dominates the many small fits of a test suite
+# or a grid search. Off by default; benchmarks/throughput.py measures both.
+JIT_COMPILE = False
 
 
 def _image_spec(network):
@@ -34,26 +36,56 @@ _SEED = tf.TensorSpec([2], tf.int64)
 
 
 class EMLearner:
-    """Online EM on the sum weights of ``network`` (which must use count accumulators)."""
+    """EM on the sum weights of ``network`` (which must use count accumulators).
 
-    def __init__(self, network: DGCSPN, learning="hard_em_unweighted", jit_compile=JIT_COMPILE):
+    Parameters
+    ----------
+    network : DGCSPN
+    learning : {'hard_em_unweighted', 'hard_em', 'soft_em'}
+    update : {'epoch', 'online'}
+        ``'online'`` (the paper's online EM): each batch's counts are added to the
+        accumulators at once, so later batches see the new weights and the accumulators
+        keep growing. ``'epoch'``: counts are collected over a whole pass with the
+        weights fixed and replace the accumulators at ``end_epoch()`` (batch EM: the
+        counts of the first, poorly initialised passes are not kept forever; soft EM then
+        never decreases the likelihood).
+    """
+
+    def __init__(self, network: DGCSPN, learning="hard_em_unweighted", update="online",
+                 jit_compile=JIT_COMPILE):
         if network.top.log_space:
             raise ValueError("EM needs a network built with log_space=False (count accumulators)")
+        if update not in ("epoch", "online"):
+            raise ValueError(f"update must be 'epoch' or 'online', got {update!r}")
         self.network = network
         self.routing = EM_ROUTINGS[learning]
-        self._step = tf.function(self._step_impl, input_signature=[_image_spec(network), _SEED],
-                                 jit_compile=jit_compile)
+        self.update = update
+        self.pending = [tf.Variable(tf.zeros_like(layer.accumulator), trainable=False)
+                        for layer in network.weight_layers]
+        spec = [_image_spec(network), tf.TensorSpec([None], tf.float32), _SEED]
+        self._step = tf.function(self._step_impl, input_signature=spec, jit_compile=jit_compile)
 
-    def _step_impl(self, x, seed):
-        counts, root = self.network.em_counts(x, self.routing, seed)
-        for layer, c in zip(self.network.weight_layers, counts):
-            layer.accumulator.assign_add(c)
-        return tf.reduce_mean(root)
+    def _step_impl(self, x, weight, seed):
+        counts, root = self.network.em_counts(x, self.routing, seed, weight)
+        for layer, pending, c in zip(self.network.weight_layers, self.pending, counts):
+            if self.update == "online":
+                layer.accumulator.assign_add(c)
+            else:
+                pending.assign_add(c)
+        return tf.reduce_sum(weight * root) / tf.reduce_sum(weight)
 
-    def step(self, x, seed):
-        """One online EM step on batch ``x``; returns the batch's mean ``log p(x)``
-        (computed with the weights before the update)."""
-        return float(self._step(x, seed))
+    def step(self, x, weight, seed):
+        """One EM step on batch ``x`` with per-sample ``weight`` (0 = padding row);
+        returns the batch's weighted mean ``log p(x)`` (with the weights before the update)."""
+        return float(self._step(x, weight, seed))
+
+    def end_epoch(self):
+        """M-step of ``update='epoch'``: the pass's counts become the accumulators."""
+        if self.update != "epoch":
+            return
+        for layer, pending in zip(self.network.weight_layers, self.pending):
+            layer.accumulator.assign(pending)
+            pending.assign(tf.zeros_like(pending))
 
 
 class Adam(tf.Module):
@@ -129,7 +161,10 @@ class GradientLearner:
         self.optimizer.apply(grads)
         return loss
 
-    def step(self, x, y, weight, seed):
+    def step(self, x, weight, seed, y=None):
+        """One Adam step; ``y`` (int class indices) is needed for ``objective='ce'``."""
+        if y is None:
+            y = np.zeros(len(x), np.int32)
         return float(self._step(x, y, weight, seed))
 
 

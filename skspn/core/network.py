@@ -211,19 +211,20 @@ class DGCSPN(tf.Module):
         values = tf.transpose(values, [2, 0, 1, 3])
         return tf.where(tf.math.is_nan(x), values, x)
 
-    def em_counts(self, x, routing, seed=None):
+    def em_counts(self, x, routing, seed=None, weight=None):
         """Counts per sum layer for a batch and the batch's ``log p(x)``.
 
         The counts are the gradient of ``sum_b log S(x_b)`` with respect to each layer's
         normalised log-weights under the chosen routing: hard win counts (``hard``,
-        ``hard_unweighted``) or expected counts (``soft``).
+        ``hard_unweighted``) or expected counts (``soft``). ``weight`` ``[B]`` scales each
+        sample's signal (0 for padding rows).
         """
         leaf_lp = self.leaf_log_prob(x)
         with tf.GradientTape() as tape:
             log_weights = self.log_weights()
             tape.watch(log_weights)
             _, root = self.forward_from_leaves(leaf_lp, log_weights, routing, seed)
-            total = tf.reduce_sum(root)
+            total = tf.reduce_sum(root if weight is None else weight * root)
         return tape.gradient(total, log_weights), root
 
     # ------------------------------------------------------------------ state

@@ -1,0 +1,271 @@
+"""Shared machinery of the skspn estimators.
+
+Input validation and image-shape inference, standardisation, building the core
+``DGCSPN`` from hyper-parameters, batching for training and inference, progress output
+and pickling (configuration and numpy arrays only; the TensorFlow objects are rebuilt on
+first use after unpickling).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .. import __version__
+
+#: Pickles record the skspn version that wrote them; a different major.minor is refused
+#: because the layer layout (and so the order of the stored arrays) may differ.
+_STATE_VERSION_KEY = "_skspn_version"
+
+
+def _compatible(version_a, version_b):
+    return version_a.split(".")[:2] == version_b.split(".")[:2]
+
+
+def _channels_constraint():
+    return [Interval(Integral, 1, None, closed="left"), "array-like"]
+
+
+class BaseDGCSPN(BaseEstimator):
+    """Base class; not for direct use."""
+
+    _parameter_constraints: dict = {
+        "image_shape": [None, tuple, list],
+        "depth": [StrOptions({"auto"}), Interval(Integral, 0, None, closed="left")],
+        "sum_channels": _channels_constraint(),
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "kernel_size": [Interval(Integral, 2, None, closed="left")],
+        "n_nonoverlapping": [Interval(Integral, 0, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "tol": [Interval(Real, 0, None, closed="left"), None],
+        "standardize": [StrOptions({"sample", "feature"}), None],
+        "leaf_scale": [Interval(Real, 0, None, closed="neither")],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    # ------------------------------------------------------------------ input
+    def _validate_input(self, X, reset):
+        """Validate ``X`` and return it as images ``[n, H, W, C]`` (float32, NaN kept).
+
+        Accepts 2-D ``(n_samples, n_features)`` arrays or DataFrames, and 3-D / 4-D image
+        arrays ``(n, H, W)`` / ``(n, H, W, C)``.
+        """
+        nd_shape = None
+        if hasattr(X, "ndim") and getattr(X, "ndim", 2) > 2 and not hasattr(X, "columns"):
+            X = np.asarray(X)
+            if X.ndim > 4:
+                raise ValueError(f"X must be 2-D, 3-D (n, H, W) or 4-D (n, H, W, C); "
+                                 f"got an array of shape {X.shape}")
+            nd_shape = X.shape[1:]
+            X = X.reshape(X.shape[0], -1)
+        X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32],
+                          ensure_all_finite="allow-nan", ensure_min_samples=1)
+        if np.isinf(X).any():
+            raise ValueError("X contains infinity; use NaN for missing values")
+        if reset:
+            self.image_shape_ = self._resolve_image_shape(X.shape[1], nd_shape)
+        elif nd_shape is not None:
+            expected = self.image_shape_ if len(nd_shape) == 3 else self.image_shape_[:2]
+            if tuple(nd_shape) != tuple(expected) and not (
+                    len(nd_shape) == 2 and self.image_shape_[2] != 1):
+                raise ValueError(f"X has images of shape {nd_shape}, but this estimator was "
+                                 f"fitted on images of shape {self.image_shape_}")
+        return X.reshape((X.shape[0],) + self.image_shape_).astype(np.float32)
+
+    def _resolve_image_shape(self, n_features, nd_shape):
+        if self.image_shape is not None:
+            shape = tuple(int(s) for s in self.image_shape)
+            if len(shape) == 2:
+                shape = shape + (1,)
+            if len(shape) != 3 or any(s < 1 for s in shape):
+                raise ValueError(f"image_shape must be (H, W) or (H, W, C) of positive ints, "
+                                 f"got {self.image_shape}")
+            if int(np.prod(shape)) != n_features:
+                raise ValueError(f"image_shape={self.image_shape} holds {int(np.prod(shape))} "
+                                 f"values, but X has {n_features} features per sample")
+            return shape
+        if nd_shape is not None:
+            return tuple(nd_shape) + ((1,) if len(nd_shape) == 2 else ())
+        side = math.isqrt(n_features)
+        if side * side == n_features:
+            return (side, side, 1)
+        return (1, n_features, 1)
+
+    def _check_fitted(self):
+        check_is_fitted(self, "network_weights_")
+
+    # ------------------------------------------------------------------ scaling
+    def _standardize_mode(self):
+        return self.standardize
+
+    def _fit_scaler(self, images):
+        """Per-feature statistics for ``standardize='feature'``."""
+        if self._standardize_mode() == "feature":
+            with np.errstate(all="ignore"):
+                mean = np.nanmean(images, axis=0)
+                std = np.nanstd(images, axis=0)
+            mean = np.where(np.isfinite(mean), mean, 0.0)
+            std = np.where(np.isfinite(std) & (std > 1e-8 * (1 + np.abs(mean))), std, 1.0)
+            self.feature_mean_, self.feature_scale_ = (mean.astype(np.float32),
+                                                       std.astype(np.float32))
+
+    def _scale(self, images):
+        """Standardise; returns ``(z, offset, scale)`` with ``images = z * scale + offset``."""
+        mode = self._standardize_mode()
+        if mode == "feature":
+            offset, scale = self.feature_mean_[None], self.feature_scale_[None]
+        elif mode == "sample":
+            observed = ~np.isnan(images)
+            count = observed.reshape(len(images), -1).sum(axis=1)
+            filled = np.where(observed, images, 0.0).reshape(len(images), -1)
+            mean = filled.sum(axis=1) / np.maximum(count, 1)
+            sq = (np.where(observed, images, 0.0).reshape(len(images), -1) - mean[:, None]) ** 2
+            sq = np.where(observed.reshape(len(images), -1), sq, 0.0)
+            std = np.sqrt(sq.sum(axis=1) / np.maximum(count, 1))
+            std = np.where(std > 1e-8 * (1 + np.abs(mean)), std, 1.0)
+            offset = mean.reshape(-1, 1, 1, 1).astype(np.float32)
+            scale = std.reshape(-1, 1, 1, 1).astype(np.float32)
+        else:
+            offset, scale = np.float32(0.0), np.float32(1.0)
+        z = ((images - offset) / scale).astype(np.float32)
+        return z, offset, scale
+
+    # ------------------------------------------------------------------ network
+    def _plan(self, first_product):
+        from ..core.scopes import plan_products
+
+        h, w, _ = self.image_shape_
+        try:
+            products = plan_products((h, w), self.depth, self.kernel_size,
+                                     self.n_nonoverlapping, first_product,
+                                     self._one_hot_max_channels())
+        except ValueError as exc:
+            raise ValueError(f"invalid architecture for image_shape {self.image_shape_}: "
+                             f"{exc}") from None
+        n_sums = max(len(products) - 1, 0)
+        channels = self.sum_channels
+        if np.ndim(channels) == 0:
+            channels = [int(channels)] * n_sums
+        else:
+            channels = [int(c) for c in channels]
+            if len(channels) < n_sums:
+                raise ValueError(
+                    f"sum_channels={list(self.sum_channels)} has {len(channels)} entries but "
+                    f"the network has {n_sums} sum layers (depth {len(products)})")
+            channels = channels[:n_sums]
+            if any(c < 1 for c in channels):
+                raise ValueError(f"sum_channels must be positive, got {self.sum_channels}")
+        return products, channels
+
+    def _one_hot_max_channels(self):
+        return 256
+
+    def _build_network(self, leaf, products, channels, n_classes, log_space, seed):
+        from ..core.network import DGCSPN
+
+        return DGCSPN(self.image_shape_[:2], leaf, products, channels, n_classes=n_classes,
+                      log_space=log_space, seed=seed)
+
+    # ------------------------------------------------------------------ batches
+    @staticmethod
+    def _padded_batches(n, batch_size):
+        """Yield ``(start, stop, padded_size)`` with the padded size a power of two (or the
+        batch size), so compiled functions see few distinct shapes."""
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            size = stop - start
+            padded = batch_size if size == batch_size else min(
+                batch_size, 1 << (size - 1).bit_length())
+            yield start, stop, padded
+
+    @staticmethod
+    def _pad(array, size, value=np.nan):
+        if len(array) == size:
+            return array
+        pad = np.full((size - len(array),) + array.shape[1:], value, dtype=array.dtype)
+        return np.concatenate([array, pad])
+
+    def _map_batches(self, fn, images, batch_size=None):
+        """Apply ``fn`` to padded batches of ``images`` and concatenate the results."""
+        batch_size = batch_size or self.batch_size
+        out = []
+        for start, stop, padded in self._padded_batches(len(images), batch_size):
+            res = fn(self._pad(images[start:stop], padded))
+            out.append(np.asarray(res)[:stop - start])
+        return np.concatenate(out)
+
+    # ------------------------------------------------------------------ progress
+    def _log_epoch(self, epoch, n_epochs, seconds, **metrics):
+        if not self.verbose:
+            return
+        parts = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None)
+        print(f"[{type(self).__name__}] epoch {epoch}/{n_epochs} {parts} ({seconds:.1f}s)",
+              file=sys.stdout, flush=True)
+
+    def _progress(self, done, total, start_time):
+        """A one-line progress bar for long epochs (``verbose >= 1``)."""
+        if not self.verbose or total < 20:
+            return
+        width = 30
+        filled = int(width * done / total)
+        elapsed = time.time() - start_time
+        sys.stdout.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+                         f"batches {elapsed:.0f}s")
+        if done == total:
+            sys.stdout.write("\n")
+        sys.stdout.flush()
+
+    # ------------------------------------------------------------------ seeds
+    @staticmethod
+    def _seed_pair(rng):
+        return rng.integers(0, 2**31 - 1, size=2, dtype=np.int64)
+
+    # ------------------------------------------------------------------ pickling
+    _runtime_attributes = ("_network", "_learner", "_ops")
+
+    def __getstate__(self):
+        state = {k: v for k, v in self.__dict__.items() if k not in self._runtime_attributes}
+        if getattr(self, "_network", None) is not None and hasattr(self, "network_weights_"):
+            state["network_weights_"] = self._network.get_weights()
+            learner = getattr(self, "_learner", None)
+            if learner is not None and hasattr(learner, "optimizer"):
+                state["_optimizer_state"] = learner.optimizer.get_state()
+        state[_STATE_VERSION_KEY] = __version__
+        return state
+
+    def __setstate__(self, state):
+        version = state.pop(_STATE_VERSION_KEY, None)
+        if version is None or not _compatible(version, __version__):
+            raise ValueError(
+                f"this {type(self).__name__} was pickled by skspn {version or 'unknown'}, "
+                f"which is incompatible with the installed skspn {__version__}; refit it or "
+                f"load it with skspn {version}")
+        self.__dict__.update(state)
+
+    def _runtime(self):
+        """The TensorFlow network of a fitted (or unpickled) estimator, built on demand."""
+        if getattr(self, "_network", None) is None:
+            self._network = self._make_network()
+            self._network.set_weights(self.network_weights_)
+            self._ops = None
+            self._learner = None
+        return self._network
+
+    def _sync_weights(self):
+        """Keep the numpy copy of the weights current (it is what marks us fitted)."""
+        self.network_weights_ = self._network.get_weights()
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags

@@ -1,0 +1,420 @@
+"""Generative DGC-SPNs: ``DGCSPNDensityEstimator`` (and the shared base of the imputer)."""
+
+from __future__ import annotations
+
+import time
+from numbers import Integral
+
+import numpy as np
+from sklearn.base import DensityMixin, _fit_context
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import StrOptions
+
+from ._base import BaseDGCSPN
+
+
+class GenerativeDGCSPN(BaseDGCSPN):
+    """Shared implementation of the density estimator and the imputer."""
+
+    _parameter_constraints: dict = {
+        **BaseDGCSPN._parameter_constraints,
+        "leaf": [StrOptions({"normal", "bernoulli", "categorical"})],
+        "first_product": [StrOptions({"one_hot", "depthwise"})],
+        "learning": [StrOptions({"hard_em_unweighted", "hard_em", "soft_em", "gradient"})],
+        "em_update": [StrOptions({"epoch", "online"})],
+    }
+
+    def __init__(self, *, image_shape=None, depth="auto", sum_channels=16, n_components=4,
+                 leaf="normal", kernel_size=2, first_product="one_hot", n_nonoverlapping=0,
+                 learning="hard_em_unweighted", em_update="epoch", max_epochs=15, batch_size=128,
+                 learning_rate=1e-2, tol=0.1, standardize="feature", leaf_scale=1.0,
+                 random_state=None, verbose=0):
+        self.image_shape = image_shape
+        self.depth = depth
+        self.sum_channels = sum_channels
+        self.n_components = n_components
+        self.leaf = leaf
+        self.kernel_size = kernel_size
+        self.first_product = first_product
+        self.n_nonoverlapping = n_nonoverlapping
+        self.learning = learning
+        self.em_update = em_update
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.tol = tol
+        self.standardize = standardize
+        self.leaf_scale = leaf_scale
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ data checks
+    def _standardize_mode(self):
+        return None if self.leaf != "normal" else self.standardize
+
+    def _check_values(self, images, reset):
+        """Discrete leaves need 0/1 (Bernoulli) or integer category codes (Categorical)."""
+        if self.leaf == "normal":
+            return
+        observed = images[~np.isnan(images)]
+        if self.leaf == "bernoulli":
+            if not np.isin(observed, (0.0, 1.0)).all():
+                raise ValueError("leaf='bernoulli' needs X to hold only 0, 1 (or NaN for "
+                                 "missing values)")
+            return
+        if (observed < 0).any() or (observed != np.round(observed)).any():
+            raise ValueError("leaf='categorical' needs X to hold non-negative integer "
+                             "category codes (or NaN for missing values)")
+        if reset:
+            self.n_categories_ = int(max(observed.max(initial=0) + 1, 2))
+        elif observed.size and observed.max() >= self.n_categories_:
+            raise ValueError(f"X holds category {int(observed.max())}, but the estimator was "
+                             f"fitted with categories 0..{self.n_categories_ - 1}")
+
+    def _prepare(self, X, reset):
+        images = self._validate_input(X, reset=reset)
+        self._check_values(images, reset)
+        return images
+
+    # ------------------------------------------------------------------ network
+    def _make_network(self, z=None):
+        from ..core import leaves as L
+
+        h, w, c = self.image_shape_
+        k = self.n_components
+        trainable = self.learning == "gradient"
+        if self.leaf == "normal":
+            loc = L.quantile_means(z, k) if z is not None else np.zeros((h, w, c, k), np.float32)
+            leaf = L.NormalLeaf(loc, scale=self.leaf_scale, trainable=trainable)
+        elif self.leaf == "bernoulli":
+            p = np.linspace(0.02, 0.98, k) if k > 1 else np.array([0.5])
+            logits = np.broadcast_to(np.log(p / (1 - p)), (h, w, c, k)).astype(np.float32)
+            leaf = L.BernoulliLeaf(logits, trainable=trainable)
+        else:
+            n = self.n_categories_
+            logits = np.full((h, w, c, k, n), np.log(0.1 / max(n - 1, 1)), np.float32)
+            logits[..., np.arange(k), np.arange(k) % n] = np.log(0.9)
+            leaf = L.CategoricalLeaf(logits, trainable=trainable)
+        products, channels = self._plan(self.first_product)
+        return self._build_network(leaf, products, channels, None,
+                                   log_space=self.learning == "gradient", seed=self.seed_)
+
+    def _make_learner(self, online=False):
+        from ..core.learning import EMLearner, GradientLearner
+
+        if self.learning == "gradient":
+            learner = GradientLearner(self._network, "nll", self.learning_rate)
+            state = getattr(self, "_optimizer_state", None)
+            if state is not None:
+                learner.optimizer.set_state(state)
+            return learner
+        return EMLearner(self._network, self.learning,
+                         update="online" if online else self.em_update)
+
+    def _get_ops(self):
+        from ..core.learning import CompiledOps
+
+        self._runtime()
+        if getattr(self, "_ops", None) is None:
+            self._ops = CompiledOps(self._network)
+        return self._ops
+
+    # ------------------------------------------------------------------ fitting
+    def _initialise(self, images, online=False):
+        self._rng = check_random_state(self.random_state)
+        self.seed_ = int(self._rng.randint(0, 2**31 - 1))
+        self._fit_scaler(images)
+        z, _, _ = self._scale(images)
+        self._network = self._make_network(z)
+        self._learner = self._make_learner(online)
+        self._ops = None
+        self.history_ = []
+        self.n_iter_ = 0
+        self.converged_ = False
+
+    def _epoch(self, z, log_jacobian):
+        """One pass over ``z`` in shuffled batches; returns the mean train log-likelihood."""
+        n = len(z)
+        batch = self.batch_size
+        order = self._rng.permutation(n)
+        total, start_time = 0.0, time.time()
+        n_batches = -(-n // batch)
+        for i, (start, stop, _) in enumerate(self._padded_batches(n, batch)):
+            idx = order[start:stop]
+            xb = self._pad(z[idx], batch)
+            weight = self._pad(np.ones(len(idx), np.float32), batch, 0.0)
+            seed = self._rng.randint(0, 2**31 - 1, size=2).astype(np.int64)
+            mean_ll = self._learner.step(xb, weight, seed)
+            if self.learning == "gradient":  # the gradient learner reports the loss
+                mean_ll = -mean_ll
+            total += mean_ll * len(idx)
+            self._progress(i + 1, n_batches, start_time)
+        if hasattr(self._learner, "end_epoch"):
+            self._learner.end_epoch()
+        return total / n + log_jacobian
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Fit the network to ``X`` (NaN entries are marginalised during learning).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_samples, H, W[, C])
+            Training data; NaN marks missing values.
+        y : Ignored
+
+        Returns
+        -------
+        self
+        """
+        images = self._prepare(X, reset=True)
+        self._initialise(images)
+        z, _, scale = self._scale(images)
+        log_jacobian = self._mean_log_jacobian(images, scale)
+        previous = None
+        for epoch in range(self.max_epochs):
+            t0 = time.time()
+            ll = self._epoch(z, log_jacobian)
+            self.history_.append(ll)
+            self.n_iter_ = epoch + 1
+            self._log_epoch(epoch + 1, self.max_epochs, time.time() - t0, log_likelihood=ll)
+            if previous is not None and self.tol is not None and abs(ll - previous) < self.tol:
+                self.converged_ = True
+                break
+            previous = ll
+        self._sync_weights()
+        return self
+
+    def partial_fit(self, X, y=None):
+        """One online pass over the batch ``X`` (initialising on the first call).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_samples, H, W[, C])
+        y : Ignored
+
+        Returns
+        -------
+        self
+        """
+        first = not hasattr(self, "network_weights_")
+        if first:
+            self._validate_params()
+        images = self._prepare(X, reset=first)
+        if first:
+            self._initialise(images, online=True)
+        else:
+            self._runtime()
+            learner = getattr(self, "_learner", None)
+            if learner is None or getattr(learner, "update", "online") != "online":
+                self._learner = self._make_learner(online=True)
+            if not hasattr(self, "_rng"):
+                self._rng = check_random_state(self.random_state)
+        z, _, scale = self._scale(images)
+        ll = self._epoch(z, self._mean_log_jacobian(images, scale))
+        self.history_.append(ll)
+        self.n_iter_ += 1
+        self._sync_weights()
+        return self
+
+    # ------------------------------------------------------------------ queries
+    def _mean_log_jacobian(self, images, scale):
+        return float(np.mean(self._log_jacobian(images, scale)))
+
+    def _log_jacobian(self, images, scale):
+        """``-sum log scale`` over the observed entries of each row (0 unless 'feature')."""
+        if self._standardize_mode() != "feature":
+            return np.zeros(len(images))
+        log_scale = np.broadcast_to(np.log(scale), images.shape)
+        return -np.where(np.isnan(images), 0.0, log_scale).reshape(len(images), -1).sum(axis=1)
+
+    def score_samples(self, X):
+        """Log-likelihood of each sample, missing (NaN) entries marginalised.
+
+        With ``standardize='feature'`` or ``None`` this is the exact log-density of the
+        observed entries of ``X`` in ``X``'s own units (the Jacobian of the scaling is
+        included), comparable with ``GaussianMixture.score_samples``. With ``'sample'`` it
+        is the log-density of the per-sample standardised image (each row divided by its own
+        standard deviation), which compares rows by shape, not by absolute intensity.
+        For discrete leaves it is the log-probability of the observed values.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_samples, H, W[, C])
+
+        Returns
+        -------
+        log_prob : ndarray of shape (n_samples,)
+        """
+        self._check_fitted()
+        images = self._prepare(X, reset=False)
+        z, _, scale = self._scale(images)
+        ops = self._get_ops()
+        ll = self._map_batches(lambda b: ops.log_likelihood(b).numpy(), z)
+        return ll.astype(np.float64) + self._log_jacobian(images, scale)
+
+    def score(self, X, y=None):
+        """Mean log-likelihood of ``X`` (see ``score_samples``)."""
+        return float(np.mean(self.score_samples(X)))
+
+    def impute(self, X, method="marginal", random_state=None):
+        """Fill the NaN entries of ``X``; observed entries are returned unchanged.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_samples, H, W[, C])
+        method : {'marginal', 'mpe', 'sample'}
+            ``'marginal'``: posterior-weighted component modes per missing value (the
+            paper's inpainting); ``'mpe'``: the max-product (MPE) completion;
+            ``'sample'``: a draw from the conditional distribution given the observed
+            entries.
+        random_state : int, RandomState or None
+            Tie-breaking and sampling randomness.
+
+        Returns
+        -------
+        X_completed : ndarray of the same shape as ``X`` (2-D input gives 2-D output)
+        """
+        if method not in ("marginal", "mpe", "sample"):
+            raise ValueError(f"method must be 'marginal', 'mpe' or 'sample', got {method!r}")
+        self._check_fitted()
+        original_shape = np.shape(X)
+        images = self._prepare(X, reset=False)
+        completed = self._complete(images, method, check_random_state(random_state))
+        X_orig = images.reshape(len(images), -1).astype(np.float64)
+        if not hasattr(X, "columns") and np.asarray(X).dtype == np.float64:
+            X_orig = np.asarray(X, dtype=np.float64).reshape(len(images), -1)
+        out = np.where(np.isnan(X_orig), completed.reshape(len(images), -1), X_orig)
+        if len(original_shape) > 2:
+            out = out.reshape(original_shape)
+        return out
+
+    def _complete(self, images, method, rng):
+        z, offset, scale = self._scale(images)
+        ops = self._get_ops()
+        # MPE's max-product forward holds [cells, batch, C_in, C_out]: use smaller batches.
+        batch = max(1, min(self.batch_size, 32)) if method == "mpe" else self.batch_size
+        seed = rng.randint(0, 2**31 - 1, size=2).astype(np.int64)
+        done = self._map_batches(
+            lambda b: ops.complete(b, method, seed + np.array([0, len(b)])).numpy(), z, batch)
+        values = done * scale + offset
+        return values.astype(np.float64)
+
+    def sample(self, n_samples=1, random_state=None):
+        """Draw samples from the fitted model.
+
+        For conditional samples given some observed entries, use
+        ``impute(X, method='sample')``. With ``standardize='sample'`` the samples are in
+        per-sample standardised units (there is no per-image mean and scale to restore).
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+        random_state : int, RandomState or None
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        """
+        self._check_fitted()
+        if not isinstance(n_samples, Integral) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        empty = np.full((n_samples,) + self.image_shape_, np.nan, np.float32)
+        rng = check_random_state(random_state)
+        ops = self._get_ops()
+        seed = rng.randint(0, 2**31 - 1, size=2).astype(np.int64)
+        z = self._map_batches(lambda b: ops.complete(b, "sample", seed).numpy(), empty)
+        if self._standardize_mode() == "feature":
+            z = z * self.feature_scale_[None] + self.feature_mean_[None]
+        return z.reshape(n_samples, -1).astype(np.float64)
+
+
+class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
+    """Density estimation with a Deep Generalized Convolutional Sum-Product Network.
+
+    A valid (complete and decomposable) SPN over the pixels of an image: exact
+    log-likelihoods with any subset of pixels missing, posterior-marginal, MPE and sampled
+    completions. Defaults follow the paper's generative set-up: Normal leaves with 4
+    per-pixel quantile components, a one-hot first product and depthwise products after
+    it with dilations 1, 2, 4, ... and full padding, 16 sums per cell, and online hard EM
+    with unweighted sum inputs (USI).
+
+    Parameters
+    ----------
+    image_shape : tuple of int, default=None
+        ``(H, W)`` or ``(H, W, C)``. ``None``: a perfect-square number of features is an
+        ``s x s`` image, anything else a ``1 x n_features`` strip; 3-D / 4-D ``X`` gives its
+        own shape.
+    depth : int or 'auto', default='auto'
+        Number of product layers; ``'auto'`` is the minimum that reaches full scope.
+        Smaller values grow the last kernel; up to 2 more add overlapping decompositions.
+    sum_channels : int or list of int, default=16
+        Sums per cell after each product but the last (one value, or one per layer).
+    n_components : int, default=4
+        Leaf components per pixel.
+    leaf : {'normal', 'bernoulli', 'categorical'}, default='normal'
+        Discrete leaves need X in {0, 1} or integer codes 0..n-1; no standardisation.
+    kernel_size : int, default=2
+    first_product : {'one_hot', 'depthwise'}, default='one_hot'
+        One-hot: all channel combinations (at most 256, else a seeded random subset).
+    n_nonoverlapping : int, default=0
+        Stride = kernel product layers first.
+    learning : {'hard_em_unweighted', 'hard_em', 'soft_em', 'gradient'}
+        EM (hard with USI, hard weighted, soft) with fixed leaves, or Adam on the
+        negative log-likelihood (leaves trained too).
+    em_update : {'epoch', 'online'}, default='epoch'
+        ``'epoch'``: counts collected over each pass with fixed weights, then the M-step
+        (batch EM; measured better on digits and MNIST, see benchmarks/README.md).
+        ``'online'``: the paper's online EM, counts added after every batch.
+        ``partial_fit`` is always online.
+    max_epochs : int, default=15
+    batch_size : int, default=128
+    learning_rate : float, default=1e-2
+        Adam step size (``learning='gradient'`` only).
+    tol : float or None, default=0.1
+        Stop when the train log-likelihood per sample changes by less than this between
+        epochs. ``None`` runs all epochs.
+    standardize : {'feature', 'sample'} or None, default='feature'
+        ``'feature'``: per-feature mean and standard deviation (scores stay densities of
+        X); ``'sample'``: per-image, as the paper; ``None``: raw values.
+    leaf_scale : float, default=1.0
+        Standard deviation of the Normal components, in standardised units.
+    random_state : int, RandomState instance or None, default=None
+    verbose : int, default=0
+        1 prints one line per epoch and a progress bar on long epochs.
+
+    Attributes
+    ----------
+    image_shape_ : tuple (H, W, C)
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str (DataFrame input only)
+    history_ : list of float
+        Mean train log-likelihood per epoch.
+    n_iter_ : int
+    converged_ : bool
+    network_weights_ : list of ndarray
+        The network's parameters (leaf parameters, then sum accumulators).
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from skspn import DGCSPNDensityEstimator
+    >>> X = load_digits().data
+    >>> est = DGCSPNDensityEstimator(max_epochs=2, random_state=0).fit(X)
+    >>> est.score_samples(X[:3]).shape
+    (3,)
+    """
+
+    def score(self, X, y=None):
+        """Mean log-likelihood of ``X`` (see ``score_samples``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_samples, H, W[, C])
+        y : Ignored
+
+        Returns
+        -------
+        score : float
+        """
+        return GenerativeDGCSPN.score(self, X)
