@@ -7,6 +7,6 @@ TensorFlow DGC-SPN core (``skspn.core``) that knows nothing of scikit-learn.
 
 __version__ = "0.1.0"
 
-from .estimators import DGCSPNDensityEstimator, DGCSPNImputer  # noqa: E402
+from .estimators import DGCSPNClassifier, DGCSPNDensityEstimator, DGCSPNImputer  # noqa: E402
 
-__all__ = ["DGCSPNDensityEstimator", "DGCSPNImputer", "__version__"]
+__all__ = ["DGCSPNClassifier", "DGCSPNDensityEstimator", "DGCSPNImputer", "__version__"]

@@ -158,11 +158,11 @@ class BaseDGCSPN(BaseEstimator):
             channels = [int(channels)] * n_sums
         else:
             channels = [int(c) for c in channels]
-            if len(channels) < n_sums:
-                raise ValueError(
-                    f"sum_channels={list(self.sum_channels)} has {len(channels)} entries but "
-                    f"the network has {n_sums} sum layers (depth {len(products)})")
-            channels = channels[:n_sums]
+            if not channels:
+                raise ValueError("sum_channels must not be empty")
+            # A shorter list is extended with its last value, so a grid over depth works
+            # with one sum_channels setting.
+            channels = (channels + [channels[-1]] * n_sums)[:n_sums]
             if any(c < 1 for c in channels):
                 raise ValueError(f"sum_channels must be positive, got {self.sum_channels}")
         return products, channels
