@@ -141,8 +141,12 @@ class DGCSPN(tf.Module):
         if seed is None:
             seed = tf.constant([0, 0], tf.int64)
 
+        # Layers draw from fold_in(seed, 0); the leaves of ``complete`` from fold_in(seed, 1),
+        # so no layer's stream can coincide with the leaf draws.
+        layer_stream = tf.random.experimental.stateless_fold_in(seed, 0)
+
         def layer_seed(i):
-            return tf.random.experimental.stateless_fold_in(seed, i)
+            return tf.random.experimental.stateless_fold_in(layer_stream, i)
 
         x = leaf_lp
         if input_dropout > 0.0:  # marginalise whole pixels: log 1
@@ -207,7 +211,7 @@ class DGCSPN(tf.Module):
         elif method == "mpe":
             values = self.leaf.mode(signal)
         else:
-            values = self.leaf.sample(signal, tf.random.experimental.stateless_fold_in(seed, 7))
+            values = self.leaf.sample(signal, tf.random.experimental.stateless_fold_in(seed, 1))
         values = tf.transpose(values, [2, 0, 1, 3])
         return tf.where(tf.math.is_nan(x), values, x)
 

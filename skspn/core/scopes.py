@@ -173,7 +173,7 @@ def resolve(input_shape: Sequence[int], products: Sequence[ProductSpec]) -> Scop
             out_mask, overlap, children = _axis_forward(mask, op_full, n_full)
             if op.out_size == -2:  # 'final': keep the full-scope cells only
                 start, size = _contiguous(
-                    np.flatnonzero(out_mask.all(axis=1)),
+                    _distinct_cells(np.flatnonzero(out_mask.all(axis=1)), op_full, mask.shape[0]),
                     f"product layer {layer} ({_axis_name(ax, n_axes)}, final padding)")
                 op_full = dataclasses.replace(op, out_start=start, out_size=size)
                 out_mask, overlap, children = _axis_forward(mask, op_full, size)
@@ -196,6 +196,24 @@ def resolve(input_shape: Sequence[int], products: Sequence[ProductSpec]) -> Scop
     axis_scopes = tuple(m[s:s + n] for m, (s, n) in zip(masks, top_index))
     return ScopeReport(input_shape=input_shape, products=tuple(resolved),
                        top_index=top_index, top_shape=top_shape, axis_scopes=axis_scopes)
+
+
+def _distinct_cells(cells, op, n_in):
+    """Drop output cells that repeat another's set of real (non-padding) children.
+
+    With full padding a border cell whose other children are all padding is a copy of its
+    one real child, and the same child can be copied at both borders: such duplicates add
+    no decomposition, only cost and a double share of the root's initial weight.
+    """
+    positions = op.child_positions(int(cells.max()) + 1 if cells.size else 0)
+    seen, keep = set(), []
+    for o in cells:
+        real = tuple(int(p) - op.pad_before for p in positions[o]
+                     if op.pad_before <= p < op.pad_before + n_in)
+        if real not in seen:
+            seen.add(real)
+            keep.append(o)
+    return np.array(keep, dtype=np.int64)
 
 
 def _check_decomposable(layer, spec, overlaps, children_all, n_axes):

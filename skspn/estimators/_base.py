@@ -36,6 +36,9 @@ def _channels_constraint():
 class BaseDGCSPN(BaseEstimator):
     """Base class; not for direct use."""
 
+    #: scikit-learn estimator checks failed by design, ``{check name: reason}``.
+    _expected_failed_checks: dict = {}
+
     _parameter_constraints: dict = {
         "image_shape": [None, tuple, list],
         "depth": [StrOptions({"auto"}), Interval(Integral, 0, None, closed="left")],
@@ -260,6 +263,18 @@ class BaseDGCSPN(BaseEstimator):
             self._ops = None
             self._learner = None
         return self._network
+
+    def _make_ops(self):
+        from ..core.learning import CompiledOps
+
+        return CompiledOps(self._network)
+
+    def _get_ops(self):
+        """Compiled inference ops (built with the network; rebuilt after unpickling)."""
+        self._runtime()
+        if getattr(self, "_ops", None) is None:
+            self._ops = self._make_ops()
+        return self._ops
 
     def _sync_weights(self):
         """Keep the numpy copy of the weights current (it is what marks us fitted)."""

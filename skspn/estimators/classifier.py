@@ -93,6 +93,14 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
     (2, 10)
     """
 
+    #: scikit-learn estimator checks this estimator fails by design, with the reason.
+    #: (scikit-learn >= 1.6 has no tag for this; tests pass it as ``expected_failed_checks``.)
+    _expected_failed_checks = {
+        "check_sample_weight_equivalence_on_dense_data":
+            "training is stochastic mini-batch Adam with dropout: a sample of weight 2 is not "
+            "the same as the sample repeated (other batches, other dropout draws)",
+    }
+
     _parameter_constraints: dict = {
         **BaseDGCSPN._parameter_constraints,
         "first_product": [StrOptions({"one_hot", "depthwise"})],
@@ -154,14 +162,6 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
             learner.optimizer.set_state(state)
         return learner
 
-    def _get_ops(self):
-        from ..core.learning import CompiledOps
-
-        self._runtime()
-        if getattr(self, "_ops", None) is None:
-            self._ops = CompiledOps(self._network)
-        return self._ops
-
     # ------------------------------------------------------------------ fitting
     def _validate_targets(self, y, n_samples):
         y = column_or_1d(y, warn=True)
@@ -200,8 +200,8 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         else:
             classes = np.unique(y)
             if len(classes) < 2:
-                raise ValueError(f"y has a single class ({classes[0]!r}); a classifier needs "
-                                 f"at least 2")
+                raise ValueError(f"y has only one class ({classes[0]!r}, n_samples="
+                                 f"{len(y)}); a classifier needs at least 2 classes")
             self._initialise(images, classes, y, sample_weight)
         codes = np.searchsorted(self.classes_, y).astype(np.int32)
         self._train(images, codes, sample_weight, self.max_epochs)
@@ -246,6 +246,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         return self
 
     def _initialise(self, images, classes, y, sample_weight):
+        self._optimizer_state = None  # a new fit starts a new optimiser
         self.classes_ = classes
         self._rng = check_random_state(self.random_state)
         self.seed_ = int(self._rng.randint(0, 2**31 - 1))
@@ -262,7 +263,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         freq = np.maximum(freq / freq.sum(), 1e-6)
         self._network.class_prior.accumulator.assign(np.log(freq).reshape(1, -1, 1))
         self._learner = self._make_learner()
-        self._ops = None
+        self._ops = self._make_ops()
         self.history_ = {"loss": [], "train_accuracy": [], "validation_accuracy": []}
         self.n_iter_ = 0
 
@@ -370,7 +371,8 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         -------
         y : ndarray of shape (n_samples,)
         """
-        return self.classes_[np.argmax(self._joint_from_X(X), axis=1)]
+        joint = self._joint_from_X(X)
+        return self.classes_[np.argmax(joint, axis=1)]
 
     def score_samples(self, X):
         """``log p(x)`` under the joint model (in standardised units), e.g. for outliers.

@@ -111,23 +111,16 @@ class GenerativeDGCSPN(BaseDGCSPN):
         return EMLearner(self._network, self.learning,
                          update="online" if online else self.em_update)
 
-    def _get_ops(self):
-        from ..core.learning import CompiledOps
-
-        self._runtime()
-        if getattr(self, "_ops", None) is None:
-            self._ops = CompiledOps(self._network)
-        return self._ops
-
     # ------------------------------------------------------------------ fitting
     def _initialise(self, images, online=False):
+        self._optimizer_state = None  # a new fit starts a new optimiser
         self._rng = check_random_state(self.random_state)
         self.seed_ = int(self._rng.randint(0, 2**31 - 1))
         self._fit_scaler(images)
         z, _, _ = self._scale(images)
         self._network = self._make_network(z)
         self._learner = self._make_learner(online)
-        self._ops = None
+        self._ops = self._make_ops()
         self.history_ = []
         self.n_iter_ = 0
         self.converged_ = False
@@ -278,15 +271,15 @@ class GenerativeDGCSPN(BaseDGCSPN):
         if method not in ("marginal", "mpe", "sample"):
             raise ValueError(f"method must be 'marginal', 'mpe' or 'sample', got {method!r}")
         self._check_fitted()
-        original_shape = np.shape(X)
+        nd_shape = X.shape if isinstance(X, np.ndarray) and X.ndim > 2 else None
         images = self._prepare(X, reset=False)
         completed = self._complete(images, method, check_random_state(random_state))
         X_orig = images.reshape(len(images), -1).astype(np.float64)
         if not hasattr(X, "columns") and np.asarray(X).dtype == np.float64:
             X_orig = np.asarray(X, dtype=np.float64).reshape(len(images), -1)
         out = np.where(np.isnan(X_orig), completed.reshape(len(images), -1), X_orig)
-        if len(original_shape) > 2:
-            out = out.reshape(original_shape)
+        if nd_shape is not None:
+            out = out.reshape(nd_shape)
         return out
 
     def _complete(self, images, method, rng):

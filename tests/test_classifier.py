@@ -1,0 +1,135 @@
+"""DGCSPNClassifier: accuracy, missing pixels, probabilities, labels, determinism."""
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from skspn import DGCSPNClassifier
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(digits):
+    X_train, _, y_train, _ = digits
+    return DGCSPNClassifier(max_epochs=15, random_state=0).fit(X_train, y_train)
+
+
+def test_digits_accuracy(fitted, digits):
+    _, X_test, _, y_test = digits
+    assert fitted.score(X_test, y_test) >= 0.95
+    hist = fitted.history_
+    assert len(hist["loss"]) == fitted.n_iter_ == 15
+    assert hist["loss"][-1] < hist["loss"][0]
+    # Learns from the first epoch (no collapse onto one class at initialisation).
+    assert hist["train_accuracy"][0] > 0.3
+
+
+def test_accuracy_with_half_the_pixels_missing(fitted, digits):
+    _, X_test, _, y_test = digits
+    X = X_test.copy()
+    X[np.random.default_rng(0).random(X.shape) < 0.5] = np.nan
+    assert fitted.score(X, y_test) > 0.6  # chance is 0.1
+
+
+def test_probabilities(fitted, digits):
+    X_test = digits[1][:50]
+    proba = fitted.predict_proba(X_test)
+    assert proba.shape == (50, 10)
+    assert np.allclose(proba.sum(axis=1), 1.0)
+    assert np.allclose(np.exp(fitted.predict_log_proba(X_test)), proba)
+    assert np.array_equal(fitted.predict(X_test), fitted.classes_[proba.argmax(axis=1)])
+    # Deterministic prediction: dropout is off outside training.
+    assert np.array_equal(fitted.predict_proba(X_test), proba)
+
+
+def test_score_samples_is_log_marginal(fitted, digits):
+    X_test = digits[1][:20]
+    ll = fitted.score_samples(X_test)
+    assert ll.shape == (20,) and np.isfinite(ll).all()
+    X = X_test.copy()
+    X[:] = np.nan
+    assert np.allclose(fitted.score_samples(X), 0.0, atol=1e-4)
+    # Digits are more probable than noise under the joint model.
+    noise = np.random.default_rng(0).uniform(0, 16, size=(20, 64))
+    assert np.median(ll) > np.median(fitted.score_samples(noise))
+
+
+def test_string_labels_round_trip(digits):
+    X_train, X_test, y_train, _ = digits
+    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven",
+                      "eight", "nine"])
+    clf = DGCSPNClassifier(max_epochs=1, sum_channels=8, n_components=8, random_state=0)
+    clf.fit(X_train[:300], names[y_train[:300]])
+    assert set(clf.classes_) == set(names)
+    assert set(clf.predict(X_test[:20])) <= set(names)
+
+
+def test_same_random_state_same_model(digits):
+    X_train, X_test, y_train, _ = digits
+    kw = dict(max_epochs=1, sum_channels=8, n_components=8)
+    a = DGCSPNClassifier(random_state=3, **kw).fit(X_train[:300], y_train[:300])
+    b = DGCSPNClassifier(random_state=3, **kw).fit(X_train[:300], y_train[:300])
+    c = DGCSPNClassifier(random_state=4, **kw).fit(X_train[:300], y_train[:300])
+    for u, v in zip(a.network_weights_, b.network_weights_):
+        assert np.array_equal(u, v)
+    assert np.array_equal(a.predict_proba(X_test), b.predict_proba(X_test))
+    assert not all(np.array_equal(u, v) for u, v in zip(a.network_weights_, c.network_weights_))
+
+
+def test_early_stopping_and_partial_fit(digits):
+    X_train, X_test, y_train, y_test = digits
+    clf = DGCSPNClassifier(max_epochs=30, early_stopping=True, n_iter_no_change=2,
+                           sum_channels=8, n_components=8, random_state=0)
+    clf.fit(X_train, y_train)
+    val = clf.history_["validation_accuracy"]
+    assert all(v is not None for v in val)
+    assert clf.n_iter_ <= 30
+    inc = DGCSPNClassifier(sum_channels=8, n_components=8, random_state=0)
+    for chunk in np.array_split(np.arange(len(X_train)), 3):
+        inc.partial_fit(X_train[chunk], y_train[chunk], classes=np.arange(10))
+    assert inc.n_iter_ == 3
+    assert inc.score(X_test, y_test) > 0.3
+
+
+def test_warm_start_continues(digits):
+    X_train, _, y_train, _ = digits
+    clf = DGCSPNClassifier(max_epochs=1, warm_start=True, sum_channels=8, n_components=8,
+                           random_state=0)
+    clf.fit(X_train[:300], y_train[:300])
+    first = [w.copy() for w in clf.network_weights_]
+    clf.fit(X_train[:300], y_train[:300])
+    assert clf.n_iter_ == 2 and len(clf.history_["loss"]) == 2
+    assert not all(np.array_equal(u, v) for u, v in zip(first, clf.network_weights_))
+
+
+def test_sample_weight_zero_ignores_samples(digits):
+    X_train, X_test, y_train, _ = digits
+    w = np.ones(len(y_train))
+    w[y_train == 0] = 0.0
+    clf = DGCSPNClassifier(max_epochs=2, sum_channels=8, n_components=8, random_state=0)
+    clf.fit(X_train, y_train, sample_weight=w)
+    # Class 0 has zero weight: its prior is ~0, so it is never predicted.
+    assert (clf.predict(X_test) != 0).all()
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda X, y: (X, np.zeros(len(y))), "only one class"),
+    (lambda X, y: (X, y[:-1]), "samples"),
+    (lambda X, y: (np.where(X == X.max(), np.inf, X), y), "infinity"),
+])
+def test_bad_training_input(digits, bad, match):
+    X, _, y, _ = digits
+    Xb, yb = bad(X[:50], y[:50])
+    with pytest.raises(ValueError, match=match):
+        DGCSPNClassifier(max_epochs=1).fit(Xb, yb)
+
+
+def test_wrong_feature_count_at_predict(fitted):
+    with pytest.raises(ValueError, match="features"):
+        fitted.predict(np.zeros((2, 63)))

@@ -1,0 +1,669 @@
+"""Inference of the TensorFlow core checked against brute force on tiny networks.
+
+Every reference value is computed independently of the TF code path: by enumerating all
+binary states / completions, or with the float64 numpy re-implementation and the explicit
+top-down recursion of ``tests/_brute.py``.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.special import expit, logsumexp
+from scipy.stats import chisquare
+
+from _brute import NumpySPN, all_states, completions
+from skspn.core import DGCSPN, BernoulliLeaf, CategoricalLeaf, NormalLeaf
+from skspn.core.scopes import max_depth, plan_products, product_spec
+
+INDICATOR = 30.0  # logits +-30: component 0 is 'x = 0', component 1 is 'x = 1'
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def plan(shape, first="one_hot", n_no=0, depth="auto", cap=256):
+    if depth == "max":
+        depth = max_depth(shape, 2, n_no)
+    return plan_products(shape, depth=depth, n_nonoverlapping=n_no, first_product=first,
+                         one_hot_max_channels=cap)
+
+
+def randomize_weights(net, rng, scale=1.0):
+    """Generic random weights on every sum layer (no ties)."""
+    for layer in net.weight_layers:
+        shape = tuple(layer.accumulator.shape)
+        if layer.log_space:
+            value = rng.normal(0.0, scale, size=shape)
+        else:  # counts, some exactly zero (weight eps), some large
+            value = rng.gamma(0.6, 3.0, size=shape) * (rng.random(shape) > 0.2)
+        layer.accumulator.assign(value.astype(np.float32))
+
+
+def bernoulli_net(shape, products, k=2, sum_channels=2, n_classes=None, log_space=True,
+                  shared=False, seed=0, indicator=False, logit_scale=1.5):
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    if indicator:
+        assert k == 2
+        logits = np.broadcast_to(np.array([-INDICATOR, INDICATOR]), (h, w, 1, 2))
+    else:
+        logits = rng.normal(0.0, logit_scale, size=(h, w, 1, k))
+    n_sums = max(len(products) - 1, 0)
+    if isinstance(sum_channels, int):
+        sum_channels = [sum_channels] * n_sums
+    net = DGCSPN(shape, BernoulliLeaf(logits), products, sum_channels, n_classes=n_classes,
+                 shared_sums=shared, log_space=log_space, seed=seed)
+    randomize_weights(net, rng)
+    return net
+
+
+def to_tf(x):
+    """``[B, H, W]`` float (NaN = missing) -> ``[B, H, W, 1]`` float32 tensor."""
+    return tf.constant(np.asarray(x, np.float32)[..., None])
+
+
+def tf_ll(net, x):
+    return net.log_likelihood(to_tf(x)).numpy().astype(np.float64)
+
+
+def tf_max(net, x):
+    return net.forward(to_tf(x), routing="max")[1].numpy().astype(np.float64)
+
+
+def states(shape):
+    return all_states(shape[0] * shape[1]).reshape(-1, *shape)
+
+
+def random_evidence(shape, n_rows, rng, min_hidden=1, min_observed=1):
+    n = shape[0] * shape[1]
+    rows = []
+    while len(rows) < n_rows:
+        mask = rng.random(n) < 0.5
+        if mask.sum() < min_hidden or (~mask).sum() < min_observed:
+            continue
+        row = rng.integers(0, 2, size=n).astype(np.float64)
+        row[mask] = np.nan
+        rows.append(row.reshape(shape))
+    return np.stack(rows)
+
+
+def hand_built_2x4(cap=5):
+    return [product_spec((1, 2), strides=(1, 2), padding="valid", mode="one_hot",
+                         n_channels=cap, name="stride2"),
+            product_spec((2, 2), padding="full", name="full_d1"),
+            product_spec((2, 2), dilations=2, padding="final", name="final_d2")]
+
+
+CASES = {
+    "1x1-leaf-only": dict(shape=(1, 1), products=[], k=3),
+    "1x2-onehot": dict(shape=(1, 2), products=plan((1, 2))),
+    "2x3-onehot": dict(shape=(2, 3), products=plan((2, 3))),
+    "2x3-depthwise-stride2": dict(shape=(2, 3), products=plan((2, 3), "depthwise", 1), k=3),
+    "2x3-onehot-maxdepth": dict(shape=(2, 3), products=plan((2, 3), depth="max")),
+    "3x3-onehot": dict(shape=(3, 3), products=plan((3, 3)), sum_channels=3),
+    "3x3-depthwise-stride2-maxdepth": dict(shape=(3, 3), products=plan((3, 3), "depthwise", 1,
+                                                                        "max")),
+    "3x3-onehot-subset": dict(shape=(3, 3), products=plan((3, 3), cap=7), k=3),
+    "1x5-onehot-stride2": dict(shape=(1, 5), products=plan((1, 5), "one_hot", 1)),
+    "1x5-depthwise-maxdepth": dict(shape=(1, 5), products=plan((1, 5), "depthwise", 0, "max")),
+    "2x3-classes3": dict(shape=(2, 3), products=plan((2, 3)), n_classes=3),
+    "2x2-classes3-maxdepth": dict(shape=(2, 2), products=plan((2, 2), "depthwise", 1, "max"),
+                                 n_classes=3, k=3),
+    "3x3-counts": dict(shape=(3, 3), products=plan((3, 3)), log_space=False),
+    "2x3-counts-classes-depthwise-stride2": dict(shape=(2, 3),
+                                                 products=plan((2, 3), "depthwise", 1),
+                                                 log_space=False, n_classes=2),
+    "3x3-shared": dict(shape=(3, 3), products=plan((3, 3), "depthwise"), shared=True),
+    "2x4-hand-built-stride2-final": dict(
+        shape=(2, 4), k=3,
+        products=[product_spec((1, 2), strides=(1, 2), padding="valid", mode="one_hot"),
+                  product_spec((2, 2), padding="final")]),
+    "2x4-hand-built-stride2-full-final": dict(shape=(2, 4), products=hand_built_2x4(), k=3),
+}
+
+
+def build(name, seed=0, **over):
+    cfg = dict(CASES[name])
+    cfg.update(over)
+    return bernoulli_net(cfg.pop("shape"), cfg.pop("products"), seed=seed, **cfg)
+
+
+# --------------------------------------------------------------------------- 1. normalisation
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_normalises_by_enumeration(name):
+    net = build(name, seed=1)
+    shape = net.spatial_shape
+    x = states(shape)
+    ll = tf_ll(net, x)
+    assert np.all(np.isfinite(ll))
+    assert abs(np.exp(logsumexp(ll)) - 1.0) < 1e-5
+    nan = np.full((2,) + shape, np.nan)
+    np.testing.assert_allclose(tf_ll(net, nan), 0.0, atol=1e-5)
+    if net.n_classes:
+        # Each class sum is a normalised distribution; the joint adds the class prior.
+        joint = net.joint_log_likelihood(to_tf(x)).numpy().astype(np.float64)
+        log_prior = net.class_prior.log_weights().numpy()[0, :, 0].astype(np.float64)
+        assert np.std(log_prior) > 0.05  # the random prior is not uniform
+        np.testing.assert_allclose(logsumexp(joint, axis=0), log_prior, atol=1e-5)
+        np.testing.assert_allclose(logsumexp(joint, axis=1), ll, atol=1e-5)
+        joint_nan = net.joint_log_likelihood(to_tf(nan)).numpy()
+        np.testing.assert_allclose(joint_nan, np.broadcast_to(log_prior, joint_nan.shape),
+                                   atol=1e-5)
+
+
+def test_categorical_and_multicolour_leaves_normalise_and_marginalise():
+    rng = np.random.default_rng(30)
+    # Categorical leaves, 3 categories, 1x3 pixels: 27 states.
+    shape = (1, 3)
+    net = DGCSPN(shape, CategoricalLeaf(rng.normal(size=shape + (1, 2, 3))), plan(shape), [2])
+    randomize_weights(net, rng)
+    x = np.array(list(itertools.product(range(3), repeat=3)), np.float64).reshape(-1, *shape)
+    ll = tf_ll(net, x)
+    assert abs(np.exp(logsumexp(ll)) - 1.0) < 1e-5
+    np.testing.assert_allclose(tf_ll(net, np.full((1,) + shape, np.nan)), 0.0, atol=1e-5)
+    marg = logsumexp(ll.reshape(3, 3, 3), axis=1).reshape(-1)  # sum out pixel (0, 1)
+    order = [(a, c) for a in range(3) for c in range(3)]
+    got = tf_ll(net, np.array([[[a, np.nan, c]] for a, c in order]))
+    np.testing.assert_allclose(got, marg, atol=1e-5)
+    # Bernoulli with 2 colours per pixel, 2x2 pixels: 256 states; a cell's scope is the
+    # whole pixel, and marginalising one colour of a pixel is exact too.
+    shape = (2, 2)
+    net = DGCSPN(shape, BernoulliLeaf(rng.normal(size=shape + (2, 3))), plan(shape), [])
+    randomize_weights(net, rng)
+    x = all_states(8).reshape(-1, 2, 2, 2)
+    ll = net.log_likelihood(tf.constant(x, tf.float32)).numpy().astype(np.float64)
+    assert abs(np.exp(logsumexp(ll)) - 1.0) < 1e-5
+    xm = x.copy()
+    xm[:, 1, 0, 1] = np.nan
+    llm = net.log_likelihood(tf.constant(xm, tf.float32)).numpy()
+    zero, one = x[:, 1, 0, 1] == 0, x[:, 1, 0, 1] == 1
+    np.testing.assert_allclose(np.logaddexp(ll[zero], ll[one]), llm[zero], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_cases_cover_the_intended_geometry(name):
+    net = build(name)
+    strides = [op.stride for p in net.products for op in p.axes]
+    modes = [p.mode for p in net.products]
+    assert ("stride2" in name) == (2 in strides)
+    if "onehot" in name:
+        assert modes[0] == "one_hot"
+    if "depthwise" in name:
+        assert set(modes) == {"depthwise"}
+    if "subset" in name:
+        assert net.products[0].channel_index is not None
+    if "maxdepth" in name:
+        assert len(net.products) == max_depth(net.spatial_shape, 2, 1 if "stride2" in name else 0)
+    if "full-final" in name or "maxdepth" in name or "onehot" in name:
+        # stride-1 layers with full padding and a final crop
+        assert any(op.pad_before > 0 for p in net.products for op in p.axes)
+
+
+def test_hand_built_stack_has_expected_geometry():
+    net = build("2x4-hand-built-stride2-full-final")
+    p0, p1, p2 = net.products
+    assert p0.out_shape == (2, 2) and p0.out_channels == 5 and p0.channel_index is not None
+    # The d=2 'final' layer has 3 full-scope cells per axis, but the last one is a copy of
+    # p1's middle cell (its other child is padding), exactly like the first: it is dropped.
+    assert p1.out_shape == (3, 3) and p2.out_shape == (2, 2)
+    assert net.report.top_shape == (2, 2)
+
+
+def test_weights_actually_matter():
+    # Guards the normalisation tests against a network that ignores its sum weights:
+    # two random weight draws must give different likelihoods.
+    a, b = build("3x3-onehot", seed=1), build("3x3-onehot", seed=2)
+    b.leaf.logits.assign(a.leaf.logits)
+    x = states((3, 3))[:64]
+    assert np.max(np.abs(tf_ll(a, x) - tf_ll(b, x))) > 1e-2
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_numpy_reference_agrees_with_tf_forward(name):
+    net = build(name, seed=3)
+    ref = NumpySPN(net)
+    x = np.concatenate([states(net.spatial_shape)[:128],
+                        random_evidence(net.spatial_shape, 8, np.random.default_rng(0),
+                                        min_hidden=0, min_observed=0)])
+    np.testing.assert_allclose(tf_ll(net, x), ref.log_likelihood(x), atol=2e-5, rtol=1e-6)
+    np.testing.assert_allclose(tf_max(net, x), ref.log_likelihood(x, mode="max"),
+                               atol=2e-5, rtol=1e-6)
+    # And the numpy reference itself normalises (it is a true distribution).
+    assert abs(np.exp(logsumexp(ref.log_likelihood(states(net.spatial_shape)))) - 1) < 1e-10
+
+
+# --------------------------------------------------------------------------- 2. marginals
+
+
+@pytest.mark.parametrize("name", [c for c in CASES if CASES[c]["shape"] != (1, 1)])
+def test_marginal_equals_sum_over_completions(name):
+    net = build(name, seed=4)
+    shape = net.spatial_shape
+    rows = random_evidence(shape, 5, np.random.default_rng(5))
+    marg = tf_ll(net, rows)
+    for row, m in zip(rows, marg):
+        comp = completions(row)
+        assert abs(m - logsumexp(tf_ll(net, comp))) < 1e-4
+
+
+# --------------------------------------------------------------------------- 3. posteriors
+
+
+def leaf_posterior(net, x):
+    post, _ = net.leaf_signal(to_tf(x), "soft")
+    return np.transpose(post.numpy().astype(np.float64), [2, 0, 1, 3])  # [B, H, W, K]
+
+
+def p_one_given_evidence(ref, row, pixel):
+    """Brute force P(x_pixel = 1 | evidence) by enumeration over the hidden pixels."""
+    comp = completions(row)
+    ll = ref.log_likelihood(comp)
+    on = comp[:, pixel[0], pixel[1]] == 1.0
+    return np.exp(logsumexp(ll[on]) - logsumexp(ll))
+
+
+@pytest.mark.parametrize("name", ["2x3-onehot", "3x3-depthwise-stride2-maxdepth", "2x3-classes3",
+                                  "2x4-hand-built-stride2-full-final", "3x3-shared"])
+def test_leaf_posteriors_hidden_pixels_mixture_identity(name):
+    net = build(name, seed=6, k=2)
+    ref = NumpySPN(net)
+    shape = net.spatial_shape
+    rows = random_evidence(shape, 6, np.random.default_rng(7))
+    rows = np.concatenate([rows, np.full((1,) + shape, np.nan)])
+    post = leaf_posterior(net, rows)
+    assert post.shape == rows.shape + (2,)
+    p1 = expit(ref.logits)  # [H, W, K]: P_k(x = 1)
+    np.testing.assert_allclose(post.sum(-1), 1.0, atol=1e-5)
+    assert post.min() > -1e-6
+    n_checked = 0
+    for b, row in enumerate(rows):
+        for i, j in zip(*np.nonzero(np.isnan(row))):
+            q = p_one_given_evidence(ref, row, (i, j))
+            # With K = 2 the identity and sum-to-one determine the posterior uniquely.
+            assert abs(np.dot(post[b, i, j], p1[i, j]) - q) < 1e-4, (b, i, j)
+            n_checked += 1
+    assert n_checked >= 8
+
+
+@pytest.mark.parametrize("name", ["2x3-onehot", "1x5-depthwise-maxdepth", "2x2-classes3-maxdepth"])
+def test_leaf_posteriors_observed_pixels_bayes_rule(name):
+    """Observed pixel i: P(k | e) = P(k | e without x_i) P_k(x_i) / P(x_i | e without x_i)."""
+    net = build(name, seed=8, k=2)
+    ref = NumpySPN(net)
+    shape = net.spatial_shape
+    rows = random_evidence(shape, 4, np.random.default_rng(9))
+    post = leaf_posterior(net, rows)
+    p1 = expit(ref.logits)
+    n_checked = 0
+    for b, row in enumerate(rows):
+        obs = list(zip(*np.nonzero(~np.isnan(row))))
+        dropped = np.stack([row.copy() for _ in obs])
+        for n, (i, j) in enumerate(obs):
+            dropped[n, i, j] = np.nan
+        post_dropped = leaf_posterior(net, dropped)
+        for n, (i, j) in enumerate(obs):
+            lik = p1[i, j] if row[i, j] == 1 else 1.0 - p1[i, j]  # P_k(x_i) [K]
+            prior = post_dropped[n, i, j]
+            expect = prior * lik / np.dot(prior, lik)
+            np.testing.assert_allclose(post[b, i, j], expect, atol=1e-4)
+            n_checked += 1
+    assert n_checked >= 8
+
+
+def test_leaf_posteriors_observed_indicator_leaves():
+    net = build("3x3-onehot", seed=10, indicator=True)
+    rows = random_evidence((3, 3), 6, np.random.default_rng(11))
+    post = leaf_posterior(net, rows)
+    obs = ~np.isnan(rows)
+    # Component 1 is 'x = 1': its posterior is the observed value.
+    np.testing.assert_allclose(post[..., 1][obs], rows[obs], atol=1e-6)
+    np.testing.assert_allclose(post[..., 0][obs], 1.0 - rows[obs], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["2x3-onehot", "3x3-depthwise-stride2-maxdepth", "2x3-classes3"])
+def test_marginal_imputation_keeps_observed_and_thresholds_brute_force(name):
+    net = build(name, seed=12, k=2)
+    ref = NumpySPN(net)
+    shape = net.spatial_shape
+    rows = random_evidence(shape, 6, np.random.default_rng(13))
+    out = net.complete(to_tf(rows), "marginal").numpy()[..., 0]
+    obs = ~np.isnan(rows)
+    assert np.array_equal(out[obs], rows[obs].astype(np.float32))
+    n_checked = 0
+    for b, row in enumerate(rows):
+        for i, j in zip(*np.nonzero(np.isnan(row))):
+            q = p_one_given_evidence(ref, row, (i, j))
+            if abs(q - 0.5) > 1e-3:  # Bernoulli completion = the more probable value
+                assert out[b, i, j] == float(q > 0.5), (b, i, j, q)
+                n_checked += 1
+    assert n_checked >= 8
+
+
+def test_marginal_imputation_keeps_observed_bits_normal_leaf():
+    rng = np.random.default_rng(14)
+    shape = (4, 4)
+    loc = rng.normal(size=shape + (1, 3))
+    net = DGCSPN(shape, NormalLeaf(loc, scale=0.7), plan(shape), [3])
+    randomize_weights(net, rng)
+    x = rng.normal(size=(5,) + shape).astype(np.float32)
+    x[0, 0, 0] = -0.0
+    x[1, 1, 1] = np.float32(1.2345678e-30)
+    x[2, 2, 2] = np.float32(1e15)
+    x[rng.random(x.shape) < 0.4] = np.nan
+    out = net.complete(to_tf(x), "marginal").numpy()[..., 0]
+    obs = ~np.isnan(x)
+    assert np.array_equal(out[obs].view(np.uint32), x[obs].view(np.uint32))
+    assert np.all(np.isfinite(out[~obs]))
+    # Hidden values are posterior-weighted component means: inside the means' hull.
+    lo, hi = loc.min(axis=(-1, -2)), loc.max(axis=(-1, -2))
+    b, i, j = np.nonzero(~obs)
+    assert np.all(out[b, i, j] >= lo[i, j] - 1e-5) and np.all(out[b, i, j] <= hi[i, j] + 1e-5)
+
+
+# --------------------------------------------------------------------------- 4. MPE
+
+
+MPE_CASES = ["2x3-onehot", "2x2-classes3-maxdepth", "1x5-onehot-stride2",
+             "2x4-hand-built-stride2-full-final", "3x3-shared"]
+
+
+@pytest.mark.parametrize("name", MPE_CASES)
+def test_mpe_attains_brute_force_max_product(name):
+    net = build(name, seed=15, k=2, indicator=True)
+    ref = NumpySPN(net)
+    shape = net.spatial_shape
+    rows = np.concatenate([np.full((1,) + shape, np.nan),
+                           random_evidence(shape, 4, np.random.default_rng(16))])
+    mpe = net.complete(to_tf(rows), "mpe", tf.constant([3, 4], tf.int64)).numpy()[..., 0]
+    obs = ~np.isnan(rows)
+    assert np.array_equal(mpe[obs], rows[obs])
+    assert set(np.unique(mpe)) <= {0.0, 1.0}
+    value_mpe = tf_max(net, mpe)
+    _, sel, gap = ref.top_down(rows, choice="hard", mode="max")
+    assert gap > 1e-3  # generic weights: the max-product tree is unique
+    assert np.all(sel.sum(axis=-1) == 1)  # a tree covers every pixel exactly once
+    for b, row in enumerate(rows):
+        comp = completions(row)
+        vals = tf_max(net, comp)
+        np.testing.assert_allclose(vals, ref.log_likelihood(comp, mode="max"), atol=1e-4)
+        best = vals.max()
+        assert abs(value_mpe[b] - best) < 1e-4, (b, value_mpe[b], best)
+        # The max-product completion is unique here: it is the brute-force argmax, and the
+        # explicit top-down recursion selects the same leaves.
+        assert np.array_equal(mpe[b], comp[np.argmax(vals)])
+        assert np.array_equal(mpe[b][~obs[b]], np.argmax(sel[b], axis=-1)[~obs[b]])
+
+
+@pytest.mark.parametrize("name", MPE_CASES + ["3x3-counts"])
+def test_max_product_never_exceeds_likelihood(name):
+    for indicator in (True, False):
+        net = build(name, seed=17, k=2, indicator=indicator)
+        x = states(net.spatial_shape)
+        mx, ll = tf_max(net, x), tf_ll(net, x)
+        assert np.all(mx <= ll + 1e-5)
+        if len(net.products) > 0:
+            assert np.max(ll - mx) > 1e-3  # max-product is a different (lower) quantity
+
+
+# --------------------------------------------------------------------------- 5. sampling
+
+
+def _chisquare_counts(samples, log_p):
+    """Chi-square goodness of fit of sample rows against state log-probabilities."""
+    n_vars = samples.shape[1]
+    codes = (samples.astype(np.int64) * (1 << np.arange(n_vars)[::-1])).sum(axis=1)
+    observed = np.bincount(codes, minlength=1 << n_vars).astype(np.float64)
+    expected = np.exp(log_p) / np.exp(logsumexp(log_p)) * len(samples)
+    big = expected >= 5.0
+    obs = np.append(observed[big], observed[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    if exp[-1] == 0:
+        obs, exp = obs[:-1], exp[:-1]
+    assert big.sum() >= 4, "the test needs a few well-populated states"
+    return chisquare(obs, exp)
+
+
+N_SAMPLES = 4000
+
+
+@pytest.mark.parametrize("name,indicator", [("1x2-onehot", True), ("2x2-classes3-maxdepth", True),
+                                            ("2x3-depthwise-stride2", False),
+                                            ("2x3-classes3", False)])
+def test_unconditional_sampling_matches_likelihood(name, indicator):
+    over = dict(indicator=True, k=2) if indicator else {}
+    net = build(name, seed=18, **over)
+    ref = NumpySPN(net)
+    shape = net.spatial_shape
+    x = np.full((N_SAMPLES,) + shape, np.nan)
+    s = net.complete(to_tf(x), "sample", tf.constant([11, 12], tf.int64)).numpy()[..., 0]
+    assert set(np.unique(s)) <= {0.0, 1.0}
+    flat = s.reshape(N_SAMPLES, -1)
+    # Rows are distinct draws, not one draw repeated.
+    assert len({tuple(r) for r in flat}) > 1
+    log_p = ref.log_likelihood(states(shape))
+    res = _chisquare_counts(flat, log_p)
+    assert res.pvalue > 1e-3, res
+
+
+@pytest.mark.parametrize("name", ["2x3-onehot", "2x3-classes3", "3x3-depthwise-stride2-maxdepth"])
+def test_conditional_sampling_matches_brute_force_conditional(name):
+    net = build(name, seed=19)
+    ref = NumpySPN(net)
+    shape = net.spatial_shape
+    row = np.full(shape, np.nan)
+    row[0, 0], row[-1, -1] = 1.0, 0.0
+    if shape[0] * shape[1] > 6:
+        row[1, 1] = 1.0
+    x = np.repeat(row[None], N_SAMPLES, axis=0)
+    s = net.complete(to_tf(x), "sample", tf.constant([21, 22], tf.int64)).numpy()[..., 0]
+    obs = ~np.isnan(x)
+    assert np.array_equal(s[obs], x[obs])
+    hidden = np.isnan(row).reshape(-1)
+    comp = completions(row)
+    log_p = ref.log_likelihood(comp)  # joint of each completion, ordered like all_states
+    res = _chisquare_counts(s.reshape(N_SAMPLES, -1)[:, hidden], log_p)
+    assert res.pvalue > 1e-3, res
+
+
+def _deep_identity_net():
+    """1x2 pixels, 8 identity (1x1) products then one 1x2 product: 8 spatial sums.
+
+    Sums 0-6 and 8 are (numerically) identity maps between 2 channels; sum 7 picks its
+    channel with probability 1/2; channel c leads to leaf component c with
+    P(x = 1) = 0.9 (c = 0) or 0.5 (c = 1). So each pixel is an independent draw with
+    P(x = 1) = 0.7, and the two pixels and the rows of a batch are independent.
+    """
+    specs = [product_spec((1, 1), name=f"identity_{i}") for i in range(8)]
+    specs.append(product_spec((1, 2), name="top"))
+    p = np.array([0.9, 0.5])
+    logits = np.broadcast_to(np.log(p / (1 - p)), (1, 2, 1, 2))
+    net = DGCSPN((1, 2), BernoulliLeaf(logits), specs, [2] * 8)
+    for i, layer in enumerate(net.sums):
+        acc = np.full((2, 2, 2), -1e4, np.float32)
+        acc[:, 0, 0] = acc[:, 1, 1] = 0.0
+        layer.accumulator.assign(np.zeros_like(acc) if i == 7 else acc)
+    net.top.accumulator.assign(np.zeros(net.top.accumulator.shape, np.float32))
+    return net
+
+
+def test_sampling_deep_stack_rows_are_independent_draws():
+    """Networks with >= 8 spatial sums (>= 9 products, e.g. 1x100 strips at depth 9 or
+    images larger than 64x64 at their maximum depth) must sample like shallow ones.
+
+    Brute force: the model above has P(x = 1) = 0.7 per pixel, all independent. Check the
+    frequencies and the independence between row k and rows 2k, 2k + 1 of one batch.
+    """
+    from scipy.stats import chi2_contingency
+
+    net = _deep_identity_net()
+    ll = tf_ll(net, states((1, 2)))
+    np.testing.assert_allclose(np.exp(ll), [0.09, 0.21, 0.21, 0.49], atol=1e-5)  # model check
+    n = 8000
+    s = net.complete(to_tf(np.full((n, 1, 2), np.nan)), "sample",
+                     tf.constant([1, 2], tf.int64)).numpy()[:, 0, :, 0].astype(int)
+    assert chisquare(np.bincount(s[:, 0] * 2 + s[:, 1], minlength=4),
+                     np.array([0.09, 0.21, 0.21, 0.49]) * n).pvalue > 1e-3
+    k = np.arange(1, n // 2)
+    for label, partner in (("2k", 2 * k), ("2k + 1", 2 * k + 1)):
+        table = np.zeros((2, 2))
+        np.add.at(table, (s[k, 0], s[partner, 0]), 1)
+        assert chi2_contingency(table).pvalue > 1e-3, (
+            f"pixel 0 of rows k and {label} of one batch are dependent: {table.tolist()}")
+
+
+# --------------------------------------------------------------------------- 6. EM counts
+
+EM_CASES = {
+    # depthwise first product: no exact ties between a sum's children even with padding,
+    # so 'hard_unweighted' is deterministic.
+    "2x2-depthwise-k3": dict(shape=(2, 2), products=plan((2, 2), "depthwise", 0, 2), k=3,
+                             sum_channels=3),
+    "1x3-depthwise-stride2-classes": dict(shape=(1, 3), products=plan((1, 3), "depthwise", 1,
+                                                                      "max"),
+                                          k=2, sum_channels=[3, 2, 3], n_classes=2),
+    "2x2-depthwise-shared": dict(shape=(2, 2), products=plan((2, 2), "depthwise", 0, 3),
+                                 k=3, sum_channels=[2, 3], shared=True),
+    # one-hot with padding: children differing only in a padding cell's channel tie
+    # exactly on their unweighted values, so only weighted routings are compared.
+    "1x3-onehot-stride2": dict(shape=(1, 3), products=plan((1, 3), "one_hot", 1, 3), k=2,
+                               sum_channels=[3, 2]),
+    "2x4-hand-built": dict(shape=(2, 4), products=hand_built_2x4(cap=5), k=2,
+                           sum_channels=[3, 2]),
+}
+EM_PARAMS = [(c, r) for c in EM_CASES for r in ("soft", "hard", "hard_unweighted")
+             if not (r == "hard_unweighted" and "onehot" in c or
+                     r == "hard_unweighted" and "hand-built" in c)]
+
+
+def em_net(name, seed):
+    cfg = dict(EM_CASES[name])
+    return bernoulli_net(cfg.pop("shape"), cfg.pop("products"), seed=seed, logit_scale=2.0,
+                         **cfg)
+
+
+@pytest.mark.parametrize("name,routing", EM_PARAMS)
+def test_em_counts_match_brute_force(name, routing):
+    net = em_net(name, seed=20)
+    ref = NumpySPN(net)
+    shape = net.spatial_shape
+    rng = np.random.default_rng(21)
+    x = rng.integers(0, 2, size=(6,) + shape).astype(np.float64)
+    if routing != "hard_unweighted":  # marginalised pixels tie unweighted children
+        x = np.concatenate([x, random_evidence(shape, 3, rng), np.full((1,) + shape, np.nan)])
+    counts, root = net.em_counts(to_tf(x), routing, tf.constant([5, 6], tf.int64))
+    counts = [c.numpy().astype(np.float64) for c in counts]
+    np.testing.assert_allclose(root.numpy(), ref.log_likelihood(x), atol=2e-5)
+    assert len(counts) == len(ref.log_w)
+    if routing == "soft":
+        expect = ref.soft_counts(x)
+        for c, e in zip(counts, expect):
+            np.testing.assert_allclose(c, e, rtol=1e-3, atol=2e-5)
+        # Expected counts of the root's children sum to the batch size.
+        np.testing.assert_allclose(counts[-1].sum(), len(x), rtol=1e-5)
+    else:
+        expect, _, gap = ref.top_down(x, choice=routing)
+        # No near-ties between distinct nodes (generic weights and logits): float32
+        # rounding of values of order 10 is ~1e-6.
+        assert gap > 1e-5
+        top = len(net.sums)
+        if routing == "hard_unweighted":
+            # Top inputs that are copies of one node tie exactly on their (unweighted)
+            # values and are chosen between at random: compare the top counts per class.
+            classes = ref.top_input_classes()
+            agg = [np.stack([np.bincount(classes, weights=cnt[0, :, o])
+                             for o in range(cnt.shape[2])]) for cnt in (counts[top], expect[top])]
+            np.testing.assert_array_equal(agg[0], agg[1])
+            counts, expect = counts[:top] + counts[top + 1:], expect[:top] + expect[top + 1:]
+        for layer, (c, e) in enumerate(zip(counts, expect)):
+            assert np.array_equal(c, e), (layer, np.argwhere(c != e)[:5])
+        # Each sample's tree passes through the top once.
+        assert expect[top].sum() == len(x) if routing == "hard" else True
+
+
+@pytest.mark.parametrize("routing", ["soft", "hard"])
+def test_em_counts_with_sample_weights(routing):
+    """``weight`` scales each sample's contribution (0 = padding row)."""
+    net = em_net("1x3-depthwise-stride2-classes", seed=23)
+    ref = NumpySPN(net)
+    rng = np.random.default_rng(24)
+    x = np.concatenate([rng.integers(0, 2, size=(4, 1, 3)).astype(np.float64),
+                        random_evidence((1, 3), 2, rng)])
+    weight = np.array([0.0, 1.0, 2.5, 0.5, 3.0, 1.0])
+    counts, _ = net.em_counts(to_tf(x), routing, tf.constant([1, 1], tf.int64),
+                              tf.constant(weight, tf.float32))
+    counts = [c.numpy().astype(np.float64) for c in counts]
+    if routing == "soft":
+        expect = ref.soft_counts(x, weight=weight)
+        for c, e in zip(counts, expect):
+            np.testing.assert_allclose(c, e, rtol=1e-3, atol=2e-5)
+    else:
+        per_sample = [ref.top_down(x[b:b + 1], "hard")[0] for b in range(len(x))]
+        for layer, c in enumerate(counts):
+            e = sum(w * cnt[layer] for w, cnt in zip(weight, per_sample))
+            np.testing.assert_allclose(c, e, rtol=1e-6, atol=1e-6)
+
+
+def test_hard_routing_breaks_exact_ties_at_random():
+    """All components of a marginalised pixel tie exactly: 'hard_unweighted' must pick
+    among them uniformly at random (DESIGN.md: break ties at random), not always the first."""
+    net = bernoulli_net((1, 1), [], k=3, seed=25)
+    x = np.full((3000, 1, 1), np.nan)
+    counts, _ = net.em_counts(to_tf(x), "hard_unweighted", tf.constant([9, 9], tf.int64))
+    c = counts[0].numpy()[0, :, 0]
+    assert c.sum() == len(x)
+    assert chisquare(c).pvalue > 1e-3, c
+
+
+def test_hard_and_unweighted_counts_differ_somewhere():
+    # Guards the comparison above: the two hard routings are genuinely different queries.
+    net = em_net("2x2-depthwise-k3", seed=20)
+    x = np.random.default_rng(21).integers(0, 2, size=(6, 2, 2)).astype(np.float64)
+    ref = NumpySPN(net)
+    hard, _, _ = ref.top_down(x, "hard")
+    unw, _, _ = ref.top_down(x, "hard_unweighted")
+    assert any(not np.array_equal(a, b) for a, b in zip(hard, unw))
+
+
+# --------------------------------------------------------------------------- 8. robustness
+
+
+def test_64x64_full_depth_is_finite_with_missing_and_extreme_values():
+    shape = (64, 64)
+    depth = max_depth(shape) - 1
+    assert depth == 7  # the paper's d = 1..32 plus a final d = 64 product
+    products = plan_products(shape, depth=depth, first_product="one_hot")
+    assert [op.dilation for op in (p.axes[0] for p in products)] == [1, 2, 4, 8, 16, 32, 64]
+    rng = np.random.default_rng(22)
+    loc = np.sort(rng.normal(size=shape + (1, 4)), axis=-1)
+    leaf = NormalLeaf(loc, scale=1.0, trainable=True)
+    net = DGCSPN(shape, leaf, products, [4] * (depth - 1), seed=0)
+    variables = net.trainable_variables
+    assert len(variables) == len(net.weight_layers) + 2  # accumulators + loc + log_scale
+
+    def ll_and_grads(x):
+        with tf.GradientTape() as tape:
+            ll = net.log_likelihood(tf.constant(x, tf.float32))
+            total = tf.reduce_sum(ll)
+        return ll.numpy(), tape.gradient(total, variables)
+
+    nan = np.full((2,) + shape + (1,), np.nan)
+    ll, grads = ll_and_grads(nan)
+    np.testing.assert_allclose(ll, 0.0, atol=1e-4)
+    for v, g in zip(variables, grads):
+        assert g is not None and np.all(np.isfinite(g.numpy())), v.name
+
+    extreme = np.full((2,) + shape + (1,), 1e6)
+    extreme[1, ::2] = -1e6
+    extreme[1, :, ::3] = np.nan
+    ll, grads = ll_and_grads(extreme)
+    assert np.all(np.isfinite(ll)) and np.all(ll < -1e11)
+    for v, g in zip(variables, grads):
+        gn = g.numpy()
+        assert np.all(np.isfinite(gn)), v.name
+    # The likelihood responds to the data through the leaves.
+    i_loc = [i for i, v in enumerate(variables) if v is leaf.loc][0]
+    assert np.any(np.abs(grads[i_loc].numpy()) > 0)

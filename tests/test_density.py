@@ -1,0 +1,226 @@
+"""DGCSPNDensityEstimator and DGCSPNImputer: learning, exact likelihoods, completions."""
+
+import itertools
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.impute import SimpleImputer
+
+from skspn import DGCSPNDensityEstimator, DGCSPNImputer
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    X = load_digits().data
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(X))
+    return X[idx[:1400]], X[idx[1400:]]
+
+
+def _bottom_half_missing(X):
+    X = X.copy()
+    X[:, X.shape[1] // 2:] = np.nan
+    return X
+
+
+@pytest.mark.parametrize("learning", ["hard_em_unweighted", "hard_em", "soft_em", "gradient"])
+def test_training_improves_log_likelihood(digits_split, learning):
+    X = digits_split[0][:400]
+    est = DGCSPNDensityEstimator(learning=learning, max_epochs=4, tol=None, sum_channels=8,
+                                 random_state=0).fit(X)
+    hist = np.array(est.history_)
+    assert len(hist) == 4 and est.n_iter_ == 4
+    assert hist[-1] > hist[0] + 0.5
+    if learning != "gradient":
+        # EM with the batch M-step: never worse from one epoch to the next.
+        assert np.all(np.diff(hist) > -1e-3), hist
+
+
+def test_imputer_beats_mean_imputation_on_digits(digits_split):
+    X_train, X_test = digits_split
+    X_missing = _bottom_half_missing(X_test)
+    hidden = np.isnan(X_missing)
+    imp = DGCSPNImputer(depth=4, leaf_scale=0.5, max_epochs=8, random_state=0).fit(X_train)
+    ours = np.mean((imp.transform(X_missing)[hidden] - X_test[hidden]) ** 2)
+    mean = np.mean((SimpleImputer().fit(X_train).transform(X_missing)[hidden]
+                    - X_test[hidden]) ** 2)
+    assert ours < 0.8 * mean, (ours, mean)
+
+
+@pytest.fixture(scope="module")
+def fitted_density(digits_split):
+    return DGCSPNDensityEstimator(max_epochs=2, sum_channels=8, random_state=0).fit(
+        digits_split[0][:300])
+
+
+@pytest.mark.parametrize("method", ["marginal", "mpe", "sample"])
+def test_impute_keeps_observed_values(fitted_density, digits_split, method):
+    X = digits_split[1][:20].copy()
+    X[np.random.default_rng(1).random(X.shape) < 0.3] = np.nan
+    out = fitted_density.impute(X, method=method, random_state=0)
+    observed = ~np.isnan(X)
+    assert np.array_equal(out[observed], X[observed])  # bit for bit
+    assert np.isfinite(out).all()
+
+
+def test_impute_complete_input_unchanged(fitted_density, digits_split):
+    X = digits_split[1][:10] + 0.123456789  # values no float32 round trip keeps
+    assert np.array_equal(fitted_density.impute(X), X)
+
+
+def test_all_missing_row(fitted_density):
+    X = np.full((2, 64), np.nan)
+    assert np.allclose(fitted_density.score_samples(X), 0.0, atol=1e-4)
+    out = fitted_density.impute(X)
+    assert np.isfinite(out).all()
+    # The all-missing completion is the model's mean image: inside the data range.
+    assert out.min() > -2 and out.max() < 18
+
+
+def test_marginalisation_changes_score(fitted_density, digits_split):
+    X = digits_split[1][:5].copy()
+    full = fitted_density.score_samples(X)
+    X[:, :32] = np.nan
+    half = fitted_density.score_samples(X)
+    assert np.all(half > full)  # a marginal is more probable than the joint
+
+
+def test_feature_standardisation_is_a_density_in_x_units(digits_split):
+    """Scaling X by a changes every log-density by exactly -n_features * log a."""
+    X = digits_split[0][:200]
+    a, b = 3.0, 5.0
+    est1 = DGCSPNDensityEstimator(max_epochs=2, sum_channels=4, random_state=0).fit(X)
+    est2 = DGCSPNDensityEstimator(max_epochs=2, sum_channels=4, random_state=0).fit(a * X + b)
+    s1 = est1.score_samples(X[:10])
+    s2 = est2.score_samples(a * X[:10] + b)
+    # Constant features get scale 1 (not a), so only varying features carry the Jacobian.
+    n_varying = int(np.sum(X.std(axis=0) > 0))
+    assert np.allclose(s2, s1 - n_varying * np.log(a), atol=1e-3)
+
+
+def test_one_dimensional_density_integrates_to_one():
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(-3, 1, 300), rng.normal(4, 0.5, 200)])[:, None]
+    est = DGCSPNDensityEstimator(learning="soft_em", n_components=6, max_epochs=10,
+                                 random_state=0).fit(X)
+    grid = np.linspace(-15, 15, 6001)[:, None]
+    density = np.exp(est.score_samples(grid))
+    assert np.trapezoid(density, grid[:, 0]) == pytest.approx(1.0, abs=2e-3)
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (3, 3)])
+def test_bernoulli_density_sums_to_one(shape):
+    n = shape[0] * shape[1]
+    rng = np.random.default_rng(0)
+    X = (rng.random((200, n)) < 0.4).astype(float)
+    est = DGCSPNDensityEstimator(leaf="bernoulli", image_shape=shape, n_components=2,
+                                 sum_channels=3, learning="soft_em", max_epochs=3,
+                                 random_state=0).fit(X)
+    states = np.array(list(itertools.product([0.0, 1.0], repeat=n)))
+    assert np.exp(est.score_samples(states)).sum() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_categorical_leaf():
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 3, size=(100, 4)).astype(float)
+    est = DGCSPNDensityEstimator(leaf="categorical", n_components=3, sum_channels=3,
+                                 max_epochs=2, learning="soft_em", random_state=0).fit(X)
+    assert est.n_categories_ == 3
+    states = np.array(list(itertools.product([0.0, 1.0, 2.0], repeat=4)))
+    assert np.exp(est.score_samples(states)).sum() == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ValueError, match="category 5"):
+        est.score_samples(np.full((1, 4), 5.0))
+    with pytest.raises(ValueError, match="integer category"):
+        DGCSPNDensityEstimator(leaf="categorical").fit(X + 0.5)
+
+
+def test_bernoulli_rejects_non_binary():
+    with pytest.raises(ValueError, match="only 0, 1"):
+        DGCSPNDensityEstimator(leaf="bernoulli").fit(np.full((5, 4), 2.0))
+
+
+def test_sampling(fitted_density):
+    samples = fitted_density.sample(50, random_state=0)
+    assert samples.shape == (50, 64) and np.isfinite(samples).all()
+    again = fitted_density.sample(50, random_state=0)
+    assert np.array_equal(samples, again)
+    other = fitted_density.sample(50, random_state=1)
+    assert not np.array_equal(samples, other)
+    # Samples follow the data's per-pixel means, not noise around zero.
+    assert abs(samples.mean() - 4.9) < 1.5
+
+
+def test_training_on_incomplete_data(digits_split):
+    X = digits_split[0][:300].copy()
+    X[np.random.default_rng(0).random(X.shape) < 0.3] = np.nan
+    est = DGCSPNDensityEstimator(max_epochs=2, sum_channels=4, random_state=0).fit(X)
+    assert np.isfinite(est.history_).all()
+    assert np.isfinite(est.score_samples(X)).all()
+
+
+def test_partial_fit_stream(digits_split):
+    X = digits_split[0][:600]
+    est = DGCSPNDensityEstimator(sum_channels=4, random_state=0)
+    for chunk in np.array_split(X, 6):
+        est.partial_fit(chunk)
+    assert est.n_iter_ == 6 and len(est.history_) == 6
+    assert est.history_[-1] > est.history_[0]
+    assert np.isfinite(est.score(X))
+
+
+def test_image_arrays_accepted(digits_split):
+    X = digits_split[0][:100]
+    est = DGCSPNDensityEstimator(max_epochs=1, sum_channels=4, random_state=0)
+    est.fit(X.reshape(-1, 8, 8))
+    assert est.image_shape_ == (8, 8, 1) and est.n_features_in_ == 64
+    assert np.allclose(est.score_samples(X.reshape(-1, 8, 8)), est.score_samples(X))
+    X3 = X.reshape(-1, 8, 8).copy()
+    X3[:, 4:] = np.nan
+    assert est.impute(X3).shape == (100, 8, 8)
+
+
+def test_image_shape_inference():
+    X = np.random.default_rng(0).normal(size=(20, 12))
+    est = DGCSPNDensityEstimator(max_epochs=1, sum_channels=2, random_state=0).fit(X)
+    assert est.image_shape_ == (1, 12, 1)
+    est = DGCSPNDensityEstimator(max_epochs=1, sum_channels=2, image_shape=(3, 4),
+                                 random_state=0).fit(X)
+    assert est.image_shape_ == (3, 4, 1)
+
+
+def test_rgb_images():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 4, 4, 3))
+    est = DGCSPNDensityEstimator(max_epochs=1, sum_channels=3, random_state=0).fit(X)
+    assert est.image_shape_ == (4, 4, 3)
+    X_missing = X[:3].copy()
+    X_missing[:, :, :, 1] = np.nan
+    full, part = est.score_samples(X[:3]), est.score_samples(X_missing)
+    assert np.all(np.isfinite(full)) and np.all(part > full)
+    assert np.allclose(est.score_samples(np.full((1, 4, 4, 3), np.nan)), 0.0, atol=1e-4)
+
+
+def test_imputer_missing_values_placeholder(digits_split):
+    X_train, X_test = digits_split[0][:300], digits_split[1][:10]
+    X = X_test.copy()
+    X[:, 40:] = -1
+    imp = DGCSPNImputer(missing_values=-1, max_epochs=1, sum_channels=4, random_state=0)
+    out = imp.fit(X_train).transform(X)
+    assert (out[:, 40:] != -1).all()
+    assert np.array_equal(out[:, :40], X[:, :40])
+
+
+def test_imputer_mpe_completion(digits_split):
+    X_train, X_test = digits_split[0][:300], digits_split[1][:10]
+    X = _bottom_half_missing(X_test)
+    imp = DGCSPNImputer(completion="mpe", max_epochs=1, sum_channels=4, random_state=0)
+    out = imp.fit(X_train).transform(X)
+    assert np.isfinite(out).all()
+    marginal = imp.set_params(completion="marginal").transform(X)
+    assert not np.allclose(out, marginal)
+
+
+def test_unknown_impute_method(fitted_density):
+    with pytest.raises(ValueError, match="method must be"):
+        fitted_density.impute(np.zeros((1, 64)), method="median")
