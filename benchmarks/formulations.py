@@ -81,14 +81,17 @@ def breakdown(arch_name="mnist_inpainting", batch=64, out=None, log=print):
         inp = tf.constant(cur.numpy())
         f = tf.function(lambda a, p=product: p(a))
 
-        def fb(a, p=product):
+        def fb(a, g, p=product):
+            # a data-dependent incoming gradient: with ones_like the backward of a slice sum
+            # would be constant-folded away by grappler
             with tf.GradientTape() as tape:
                 tape.watch(a)
                 o = p(a)
-            return tape.gradient(o, a, output_gradients=tf.ones_like(o))
+            return tape.gradient(o, a, output_gradients=g)
         tf_ = bench(f, inp)
-        tb = bench(tf.function(fb), inp)
         cur = f(inp)
+        g = tf.constant(rng.random(cur.shape.as_list()).astype(np.float32))
+        tb = bench(tf.function(fb), inp, g)
         rows.append(dict(layer=product.name, mode=product.mode, in_shape=inp.shape.as_list(),
                          out_shape=cur.shape.as_list(), fwd=tf_, fwd_bwd=tb))
         log(f"  {product.name:10s} {product.mode:9s} {str(inp.shape.as_list()):22s} -> "
@@ -102,15 +105,16 @@ def breakdown(arch_name="mnist_inpainting", batch=64, out=None, log=print):
             lw = log_w[i]
             f = tf.function(lambda a, lw, s=s: s(a, lw, "gradient", SEED))
 
-            def fbr(a, lw, s=s, routing="gradient"):
+            def fbr(a, lw, g, s=s, routing="gradient"):
                 with tf.GradientTape() as tape:
                     tape.watch([a, lw])
                     o = s(a, lw, routing, SEED)
-                return tape.gradient(o, [a, lw], output_gradients=tf.ones_like(o) / 16.0)
+                return tape.gradient(o, [a, lw], output_gradients=g)
             tf_ = bench(f, inp, lw)
-            tg = bench(tf.function(fbr), inp, lw)
-            th = bench(tf.function(lambda a, lw: fbr(a, lw, routing="hard_unweighted")), inp, lw)
             cur = f(inp, lw)
+            g = tf.constant(rng.random(cur.shape.as_list()).astype(np.float32))
+            tg = bench(tf.function(fbr), inp, lw, g)
+            th = bench(tf.function(lambda a, lw, g: fbr(a, lw, g, routing="hard_unweighted")), inp, lw, g)
             rows.append(dict(layer=s.name, in_shape=inp.shape.as_list(), out_shape=cur.shape.as_list(),
                              fwd=tf_, fwd_bwd_gradient=tg, fwd_bwd_hard_unweighted=th))
             log(f"  {s.name:10s} {'sum':9s} {str(inp.shape.as_list()):22s} -> "
@@ -286,6 +290,35 @@ def _depthwise_two_pass(x, d, pad):
     return rows[:, :w] + rows[:, d:d + w]
 
 
+def _depthwise_slices_custom_grad(x, d, pad):
+    """Proposed: the same forward, with the backward written as a forward-style slice sum.
+
+    The product is a sum of shifted slices of the padded input; its transpose is a sum of
+    (oppositely) shifted slices of the zero-padded incoming gradient. TensorFlow's own
+    gradient uses one ``StridedSliceGrad`` per child (a zero-filled padded-size tensor
+    each, on a slow generic CPU kernel), then ``AddN`` and a ``Pad`` gradient.
+    """
+    h_in, w_in = x.shape[0], x.shape[1]
+
+    @tf.custom_gradient
+    def op(x):
+        y = _depthwise_slices(x, d, pad)
+
+        def grad(g):
+            # dx[i] = sum_a g[i + pad - a d]  (valid indices only)  =  sum_a G[i + 2d - a d]
+            big = pad  # (k - 1) d with k = 2
+            gp = tf.pad(g, [[big, big], [big, big], [0, 0], [0, 0]])
+            terms = []
+            for a in (0, 1):
+                for c in (0, 1):
+                    r0 = big + pad - a * d
+                    c0 = big + pad - c * d
+                    terms.append(gp[r0:r0 + h_in, c0:c0 + w_in])
+            return tf.add_n(terms)
+        return y, grad
+    return op(x)
+
+
 def _depthwise_conv(x, d, pad):
     # libspn-keras: channels to the batch axis, conv2d with a 2x2 ones kernel, dilation d
     hh, ww, b, c = x.shape
@@ -335,22 +368,28 @@ def _onehot_conv(x):
 def products(out=None, log=print):
     rng = np.random.default_rng(0)
     res = []
+    refs = [None]  # reference forward whose autodiff gradient checks each variant
 
     def run(name, fn, x, ref=None):
         for jit in (False, True):
             f = tf.function(fn, jit_compile=jit)
 
-            def fb(a, fn=fn):
+            def fb(a, g, fn=fn):
                 with tf.GradientTape() as tape:
                     tape.watch(a)
                     o = fn(a)
-                return tape.gradient(o, a)
+                return tape.gradient(o, a, output_gradients=g)
             try:
                 y = f(x).numpy()
                 err = float(np.max(np.abs(y - ref))) if ref is not None else 0.0
+                g = tf.constant(rng.random(y.shape).astype(np.float32))
+                if ref is not None:  # check the backward against the reference's autodiff
+                    gref = tf.function(lambda a, g: fb(a, g, fn=refs[0]))(x, g).numpy()
+                    gerr = float(np.max(np.abs(tf.function(fb)(x, g).numpy() - gref)))
+                    err = max(err, gerr)
                 tf_ = bench(f, x)
                 try:
-                    tb = bench(tf.function(fb, jit_compile=jit), x)
+                    tb = bench(tf.function(fb, jit_compile=jit), x, g)
                 except Exception as exc:  # noqa: BLE001
                     tb = None
                     log(f"    {name:22s} jit={int(jit)} backward failed: {type(exc).__name__}: "
@@ -366,12 +405,15 @@ def products(out=None, log=print):
         x = tf.constant(rng.standard_normal((hw, hw, 64, 16)).astype(np.float32))
         pad = d
         ref = _depthwise_slices(x, d, pad).numpy()
+        refs[0] = lambda a, d=d: _depthwise_slices(a, d, d)
         log(f"  depthwise 2x2 d={d} full padding, input [H={hw}, W={hw}, B=64, C=16]")
         run(f"slices_add_n(d={d})", lambda a, d=d: _depthwise_slices(a, d, d), x, ref)
         run(f"two_pass(d={d})", lambda a, d=d: _depthwise_two_pass(a, d, d), x, ref)
+        run(f"slices_custom_grad(d={d})", lambda a, d=d: _depthwise_slices_custom_grad(a, d, d), x, ref)
         run(f"conv2d_ones(d={d})", lambda a, d=d: _depthwise_conv(a, d, d), x, ref)
     x = tf.constant(rng.standard_normal((28, 28, 64, 4)).astype(np.float32))
     ref = _onehot_broadcast(x).numpy()
+    refs[0] = _onehot_broadcast
     log("  one-hot 2x2 (4^4 = 256 channels) d=1 full padding, input [28, 28, 64, 4]")
     run("broadcast_add", _onehot_broadcast, x, ref)
     run("pairwise_broadcast", _onehot_pairwise, x, ref)

@@ -363,12 +363,12 @@ ABLATION_GRID = [
     ("leaf_scale=0.5", {"leaf_scale": 0.5}),
     ("leaf_scale=0.25", {"leaf_scale": 0.25}),
     ("n_components=8", {"n_components": 8}),
-    ("sum_channels=32", {"sum_channels": 32}),
     ("em_update=epoch", {"em_update": "epoch"}),
-    ("learning=hard_em (weighted)", {"learning": "hard_em"}),
     ("depth=min", {"depth": "min"}),
-    ("depth=min+2", {"depth": "min+2"}),
     ("epochs x2", {"max_epochs": "x2"}),
+    ("sum_channels=32", {"sum_channels": 32}),
+    ("depth=min+2", {"depth": "min+2"}),
+    ("learning=hard_em (weighted)", {"learning": "hard_em"}),
 ]
 
 
@@ -392,10 +392,13 @@ def resolve_overrides(base, overrides, epochs, min_depth):
     return params, ep
 
 
-def run_ablation(args, only=None, extra=None, on_progress=None):
+def run_ablation(args, only=None, previous=None, on_progress=None):
     """One-factor-at-a-time grid (quick-mode data), honest protocol, marginal and MPE.
 
-    ``on_progress(result)`` is called after every row so partial results can be saved.
+    ``only``: labels of the grid rows to run (default all; 'base' is always run first).
+    ``previous``: an earlier ablation result; rows with the same label and parameters are
+    reused instead of refitted (``--resume``). ``on_progress(result)`` is called after every
+    row so partial results can be saved.
     """
     from skspn.core.scopes import min_depth as planner_min_depth
 
@@ -408,14 +411,22 @@ def run_ablation(args, only=None, extra=None, on_progress=None):
         X_train, X_test = load_dataset(name, n_train, n_test, args.seed)
         base = ablation_base(spec)
         min_d = planner_min_depth((spec.side, spec.side), (2, 2), 0)
+        done = {r["label"]: r for r in
+                ((previous or {}).get("datasets", {}).get(name, {}).get("rows", []))}
         rows = []
         result["datasets"][name] = {"n_train": len(X_train), "n_test": len(X_test),
                                     "epochs": epochs, "base": base, "rows": rows,
                                     "baselines": {}, "paper_table1": spec.paper}
-        grid = [g for g in ABLATION_GRID if only is None or g[0] in only] + (extra or [])
+        grid = [g for g in ABLATION_GRID
+                if only is None or g[0] in only or g[0] == "base"]
         print(f"[ablation {name}] train {X_train.shape} test {X_test.shape}", flush=True)
         for label, overrides in grid:
             params, ep = resolve_overrides(base, overrides, epochs, min_d)
+            old = done.get(label)
+            if old is not None and old["params"] == dict(params, max_epochs=ep):
+                rows.append(old)
+                print(f"  {label}: reused from the previous run", flush=True)
+                continue
             imputer, fit_seconds = fit_spn(X_train, params, ep, args.batch_size, None,
                                            args.seed, args.verbose)
             methods = ("marginal", "mpe") if label == "base" else ("marginal",)
@@ -486,6 +497,10 @@ def parse_args(argv=None):
                       help="one-factor-at-a-time grid on quick-mode data")
     p.add_argument("--datasets", default="mnist,fashion,olivetti")
     p.add_argument("--ablation-datasets", default="mnist")
+    p.add_argument("--ablation-rows", default=None,
+                   help="comma-separated labels of ABLATION_GRID rows to run (default all)")
+    p.add_argument("--resume", action="store_true",
+                   help="ablation: reuse rows of an existing inpainting_ablation JSON")
     p.add_argument("--n-train", type=int, default=None, help="override the train-set size")
     p.add_argument("--n-test", type=int, default=None, help="override the test-set size")
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
@@ -510,7 +525,13 @@ def main(argv=None):
             result["total_seconds"] = time.time() - t0
             save(result, stem, markdown_ablation)
 
-        run_ablation(args, on_progress=progress)
+        previous = None
+        path = os.path.join(RESULTS_DIR, stem + ".json")
+        if args.resume and os.path.exists(path):
+            with open(path) as fh:
+                previous = json.load(fh)
+        only = args.ablation_rows.split(",") if args.ablation_rows else None
+        run_ablation(args, only=only, previous=previous, on_progress=progress)
         return
     mode = "quick" if args.quick else "full"
     result = {"mode": mode, "versions": versions(), "argv": sys.argv[1:], "datasets": {}}

@@ -294,7 +294,7 @@ def peer_env():
     return env
 
 
-def main_benchmark(args, log):
+def main_benchmark(args, log, save=None):
     batches = [64, 128] if args.quick else [64, 128, 512]
     repeats = 2 if args.quick else 5
     archs = args.archs or list(ARCHS)
@@ -331,6 +331,8 @@ def main_benchmark(args, log):
                         else f"b{r['batch']}: {r['status']}" for r in rows)
                     log(f"{lib:12s} {arch_name:20s} {op:8s} jit={int(jit)}  {summary}"
                         + (f"  [{error[:200]}]" if error else "") + f"  ({wall:.0f} s)")
+                    if save is not None:
+                        save(results)  # partial results survive an interrupted run
     return results
 
 
@@ -566,7 +568,12 @@ def main(argv=None):
     out_json = RESULTS / f"throughput{args.tag}.json"
     payload = json.loads(out_json.read_text()) if out_json.exists() and args.no_main else {}
     if not args.no_main:
-        results = main_benchmark(args, log)
+        def save(partial):
+            meta["loadavg_range"] = f"{min(loads):.1f}-{max(loads):.1f}"
+            out_json.write_text(json.dumps(dict(meta=meta, results=partial, complete=False), indent=1))
+            write_markdown(partial, meta, RESULTS / f"throughput{args.tag}.md")
+
+        results = main_benchmark(args, log, save)
         meta["loadavg_range"] = f"{min(loads):.1f}-{max(loads):.1f}"
         payload = dict(meta=meta, results=results)
         write_markdown(results, meta, RESULTS / f"throughput{args.tag}.md")

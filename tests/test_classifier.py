@@ -90,11 +90,12 @@ def test_early_stopping_and_partial_fit(digits):
     val = clf.history_["validation_accuracy"]
     assert all(v is not None for v in val)
     assert clf.n_iter_ <= 30
-    inc = DGCSPNClassifier(sum_channels=8, n_components=8, random_state=0)
-    for chunk in np.array_split(np.arange(len(X_train)), 3):
-        inc.partial_fit(X_train[chunk], y_train[chunk], classes=np.arange(10))
-    assert inc.n_iter_ == 3
-    assert inc.score(X_test, y_test) > 0.3
+    inc = DGCSPNClassifier(random_state=0)
+    for _ in range(2):
+        for chunk in np.array_split(np.arange(len(X_train)), 2):
+            inc.partial_fit(X_train[chunk], y_train[chunk], classes=np.arange(10))
+    assert inc.n_iter_ == 4
+    assert inc.score(X_test, y_test) > 0.3  # chance is 0.1
 
 
 def test_warm_start_continues(digits):

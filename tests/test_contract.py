@@ -1,0 +1,313 @@
+"""The scikit-learn contract beyond check_estimator: composition, persistence,
+determinism, progress output, pandas, bad input and numerical robustness."""
+
+import os
+import pickle
+import pickletools
+import subprocess
+import sys
+import textwrap
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, MinMaxScaler
+
+from skspn import DGCSPNClassifier, DGCSPNDensityEstimator, DGCSPNImputer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = dict(max_epochs=1, sum_channels=4, random_state=0)
+SMALL_CLF = dict(max_epochs=1, sum_channels=8, n_components=8, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return X[:400], y[:400]
+
+
+def _all_estimators():
+    return [DGCSPNClassifier(**SMALL_CLF), DGCSPNDensityEstimator(**SMALL),
+            DGCSPNImputer(**SMALL)]
+
+
+def _fit(est, X, y):
+    return est.fit(X, y) if isinstance(est, DGCSPNClassifier) else est.fit(X)
+
+
+# --------------------------------------------------------------------------- composition
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_grid_search_classifier(digits, n_jobs):
+    X, y = digits
+    grid = GridSearchCV(DGCSPNClassifier(max_epochs=1, n_components=8, random_state=0),
+                        {"depth": [3, 4], "sum_channels": [4, 8]}, cv=2, n_jobs=n_jobs)
+    grid.fit(X, y)
+    assert len(grid.cv_results_["params"]) == 4
+    assert np.isfinite(grid.cv_results_["mean_test_score"]).all()
+    assert grid.best_estimator_.predict(X[:5]).shape == (5,)
+
+
+def test_grid_search_density(digits):
+    X, _ = digits
+    grid = GridSearchCV(DGCSPNDensityEstimator(max_epochs=1, random_state=0),
+                        {"depth": [3, 4], "sum_channels": [2, 4]}, cv=2)
+    grid.fit(X)
+    scores = grid.cv_results_["mean_test_score"]
+    assert np.isfinite(scores).all()
+    assert len(set(np.round(scores, 6))) > 1  # the settings really differ
+
+
+def test_pipeline_and_cross_val_score(digits):
+    X, y = digits
+    pipe = make_pipeline(MinMaxScaler(), DGCSPNClassifier(max_epochs=3, random_state=0))
+    scores = cross_val_score(pipe, X, y, cv=2)
+    assert scores.shape == (2,) and np.all(scores > 0.3)  # chance is 0.1
+    imp_pipe = make_pipeline(DGCSPNImputer(**SMALL), FunctionTransformer(np.round))
+    X_missing = X[:10].copy()
+    X_missing[:, 40:] = np.nan
+    out = imp_pipe.fit(X).transform(X_missing)
+    assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("est", _all_estimators(), ids=lambda e: type(e).__name__)
+def test_clone_is_unfitted_copy(digits, est):
+    X, y = digits
+    fitted = _fit(clone(est), X[:100], y[:100])
+    copy = clone(fitted)
+    assert copy.get_params() == est.get_params()
+    assert not hasattr(copy, "network_weights_")
+
+
+# --------------------------------------------------------------------------- persistence
+
+
+def _outputs(est, X):
+    if isinstance(est, DGCSPNClassifier):
+        return est.predict_proba(X)
+    if isinstance(est, DGCSPNImputer):
+        X = X.copy()
+        X[:, 32:] = np.nan
+        return est.transform(X)
+    return est.score_samples(X)
+
+
+@pytest.mark.parametrize("est", _all_estimators(), ids=lambda e: type(e).__name__)
+def test_pickle_round_trip_in_fresh_process(tmp_path, digits, est):
+    X, y = digits
+    est = _fit(est, X[:200], y[:200])
+    path = tmp_path / "model.joblib"
+    joblib.dump(est, path)
+    expected = _outputs(est, X[200:230])
+    np.save(tmp_path / "X.npy", X[200:230])
+    script = textwrap.dedent(f"""
+        import sys, joblib, numpy as np
+        sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
+        from test_contract import _outputs
+        est = joblib.load({str(path)!r})
+        np.save({str(tmp_path / 'out.npy')!r}, _outputs(est, np.load({str(tmp_path / 'X.npy')!r})))
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO, timeout=300)
+    assert np.array_equal(np.load(tmp_path / "out.npy"), expected)  # bit-identical
+
+
+def test_pickle_holds_no_tensorflow_objects(digits):
+    X, y = digits
+    est = DGCSPNClassifier(**SMALL_CLF).fit(X[:100], y[:100])
+    est.predict(X[:3])  # builds compiled ops, which must not be pickled
+    payload = pickle.dumps(est)
+    modules = {arg.split(" ")[0] for op, arg, _ in pickletools.genops(payload)
+               if op.name in ("GLOBAL", "STACK_GLOBAL") and isinstance(arg, str)}
+    modules |= {arg for op, arg, _ in pickletools.genops(payload)
+                if op.name in ("SHORT_BINUNICODE", "BINUNICODE") and isinstance(arg, str)
+                and arg.startswith(("tensorflow", "keras"))}
+    assert not any(m.startswith(("tensorflow", "keras")) for m in modules), modules
+    loaded = pickle.loads(payload)
+    assert np.array_equal(loaded.predict_proba(X[:5]), est.predict_proba(X[:5]))
+
+
+def test_pickle_from_incompatible_version_is_refused(digits):
+    X, _ = digits
+    est = DGCSPNDensityEstimator(**SMALL).fit(X[:50])
+    state = est.__getstate__()
+    state["_skspn_version"] = "0.0.1"
+    fresh = DGCSPNDensityEstimator.__new__(DGCSPNDensityEstimator)
+    with pytest.raises(ValueError, match="incompatible"):
+        fresh.__setstate__(state)
+
+
+def test_fitted_estimator_keeps_training_after_unpickling(digits):
+    X, y = digits
+    est = DGCSPNClassifier(warm_start=True, **SMALL_CLF).fit(X[:200], y[:200])
+    loaded = pickle.loads(pickle.dumps(est))
+    loaded.fit(X[:200], y[:200])
+    assert loaded.n_iter_ == 2
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+@pytest.mark.parametrize("make", [lambda s: DGCSPNDensityEstimator(max_epochs=1, sum_channels=4,
+                                                                    random_state=s),
+                                  lambda s: DGCSPNDensityEstimator(max_epochs=1, sum_channels=4,
+                                                                    learning="gradient",
+                                                                    random_state=s)])
+def test_same_seed_same_model_different_seed_differs(digits, make):
+    X, _ = digits
+    a, b, c = make(1).fit(X), make(1).fit(X), make(2).fit(X)
+    assert all(np.array_equal(u, v) for u, v in zip(a.network_weights_, b.network_weights_))
+    assert np.array_equal(a.score_samples(X[:20]), b.score_samples(X[:20]))
+    assert not all(np.array_equal(u, v) for u, v in zip(a.network_weights_, c.network_weights_))
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_verbose_progress(digits, capsys):
+    X, y = digits
+    DGCSPNDensityEstimator(verbose=0, **SMALL).fit(X)
+    assert capsys.readouterr().out == ""
+    DGCSPNDensityEstimator(verbose=1, max_epochs=2, tol=None, sum_channels=4,
+                           batch_size=16, random_state=0).fit(X)
+    out = capsys.readouterr().out
+    assert "epoch 1/2" in out and "epoch 2/2" in out and "log_likelihood=" in out
+    assert "batches" in out  # the progress bar of epochs with many batches
+    DGCSPNClassifier(verbose=1, **SMALL_CLF).fit(X, y)
+    assert "loss=" in capsys.readouterr().out
+
+
+def test_import_prints_nothing():
+    result = subprocess.run([sys.executable, "-c", "import skspn, skspn.core"],
+                            capture_output=True, text=True, cwd=REPO, timeout=300,
+                            env={k: v for k, v in os.environ.items()
+                                 if k != "TF_CPP_MIN_LOG_LEVEL"})
+    assert result.returncode == 0
+    assert result.stdout == "" and result.stderr == "", result.stderr
+
+
+# --------------------------------------------------------------------------- pandas
+
+
+def test_dataframe_input_and_pandas_output(digits):
+    pd = pytest.importorskip("pandas")
+    X, y = digits
+    df = pd.DataFrame(X[:100], columns=[f"px{i}" for i in range(64)])
+    clf = DGCSPNClassifier(**SMALL_CLF).fit(df, y[:100])
+    assert list(clf.feature_names_in_) == list(df.columns)
+    imp = DGCSPNImputer(**SMALL).set_output(transform="pandas")
+    df_missing = df.copy()
+    df_missing.iloc[:, 40:] = np.nan
+    out = imp.fit(df).transform(df_missing)
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == list(df.columns)
+    assert list(imp.get_feature_names_out()) == list(df.columns)
+    assert not out.isna().any().any()
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("est", _all_estimators(), ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize("X, match", [
+    (np.array([[1.0, np.inf, 2.0, 3.0]] * 5), "infinity"),
+    (np.array([["a", "b"], ["c", "d"]], dtype=object), "could not convert|numeric"),
+    (np.zeros((0, 4)), "0 sample"),
+])
+def test_bad_fit_input(est, X, match):
+    y = np.arange(len(X)) % 2
+    with pytest.raises(ValueError, match=match):
+        _fit(est, X, y)
+
+
+def test_one_sample():
+    with pytest.raises(ValueError, match="one class"):
+        DGCSPNClassifier().fit(np.zeros((1, 4)), [0])
+    # A density can be fitted to one sample; its score stays finite.
+    est = DGCSPNDensityEstimator(**SMALL).fit(np.arange(4.0)[None])
+    assert np.isfinite(est.score_samples(np.arange(4.0)[None])).all()
+
+
+@pytest.mark.parametrize("est", _all_estimators(), ids=lambda e: type(e).__name__)
+def test_use_before_fit(est):
+    method = {"DGCSPNClassifier": "predict", "DGCSPNDensityEstimator": "score_samples",
+              "DGCSPNImputer": "transform"}[type(est).__name__]
+    with pytest.raises(NotFittedError):
+        getattr(est, method)(np.zeros((2, 64)))
+
+
+@pytest.mark.parametrize("est", _all_estimators(), ids=lambda e: type(e).__name__)
+def test_wrong_feature_count(digits, est):
+    X, y = digits
+    est = _fit(est, X[:100], y[:100])
+    method = {"DGCSPNClassifier": "predict", "DGCSPNDensityEstimator": "score_samples",
+              "DGCSPNImputer": "transform"}[type(est).__name__]
+    with pytest.raises(ValueError, match="64 features"):
+        getattr(est, method)(np.zeros((2, 63)))
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(sum_channels=0), "sum_channels"),
+    (dict(sum_channels=[4, -1, 4]), "sum_channels must be positive"),
+    (dict(depth=20), "depth=20 is too large"),
+    (dict(kernel_size=9), "kernel_size 9 is larger than the image"),
+    (dict(image_shape=(5, 5)), "holds 25 values, but X has 64 features"),
+    (dict(leaf="poisson"), "leaf"),
+    (dict(learning="magic"), "learning"),
+    (dict(standardize="global"), "standardize"),
+    (dict(n_components=0), "n_components"),
+])
+def test_invalid_hyper_parameters(digits, params, match):
+    X, _ = digits
+    with pytest.raises(ValueError, match=match):
+        DGCSPNDensityEstimator(max_epochs=1, **params).fit(X[:20])
+
+
+def test_y_length_mismatch(digits):
+    X, y = digits
+    with pytest.raises(ValueError, match="samples"):
+        DGCSPNClassifier(**SMALL_CLF).fit(X[:20], y[:19])
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+def _finite_state(est):
+    return all(np.isfinite(w).all() for w in est.network_weights_)
+
+
+def test_constant_images():
+    X = np.full((40, 16), 3.0)
+    est = DGCSPNDensityEstimator(**SMALL).fit(X)
+    assert _finite_state(est) and np.isfinite(est.score_samples(X)).all()
+    clf = DGCSPNClassifier(**SMALL_CLF).fit(X, np.arange(40) % 2)
+    assert _finite_state(clf) and np.isfinite(clf.predict_proba(X)).all()
+
+
+def test_huge_values():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 16)) * 1e6
+    for est in (DGCSPNDensityEstimator(**SMALL), DGCSPNImputer(**SMALL)):
+        est.fit(X)
+        assert _finite_state(est)
+    assert np.isfinite(DGCSPNDensityEstimator(**SMALL).fit(X).score_samples(X)).all()
+    clf = DGCSPNClassifier(**SMALL_CLF).fit(X, np.arange(40) % 2)
+    assert _finite_state(clf) and np.isfinite(clf.predict_proba(X)).all()
+    X_missing = X.copy()
+    X_missing[:, 8:] = np.nan
+    out = DGCSPNImputer(**SMALL).fit(X).transform(X_missing)
+    assert np.isfinite(out).all()
+
+
+def test_64x64_full_depth():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(8, 64 * 64))
+    est = DGCSPNDensityEstimator(depth=8, sum_channels=2, batch_size=8, max_epochs=1,
+                                 random_state=0).fit(X)
+    assert _finite_state(est)
+    scores = est.score_samples(X[:2])
+    assert np.isfinite(scores).all()
