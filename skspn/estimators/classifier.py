@@ -197,6 +197,8 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
             self._runtime()
             if getattr(self, "_learner", None) is None:
                 self._learner = self._make_learner()
+            # set_params between warm fits takes effect; the moments carry over.
+            self._learner.optimizer.learning_rate.assign(self.learning_rate)
         else:
             classes = np.unique(y)
             if len(classes) < 2:
@@ -282,7 +284,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         for epoch in range(n_epochs):
             t0 = time.time()
             loss = self._epoch(z[idx_train], codes[idx_train], weight[idx_train])
-            check = idx_train[self._rng.permutation(len(idx_train))[:2000]]
+            check = idx_train[self._rng.permutation(len(idx_train))[:500]]  # cheap estimate
             train_acc = float(np.mean(self._predict_codes(z[check]) == codes[check]))
             val_acc = None
             if idx_val is not None:
