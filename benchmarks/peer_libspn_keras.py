@@ -27,9 +27,8 @@ Architecture: the same product stack as ``skspn.core.plan_products`` for these i
 (``n_nonoverlapping`` stride-2 'valid' products, then dilations 1, 2, 4, ... with 'full'
 padding, the last one 'final'), ``Local2DSum`` after every product but the last,
 ``SpatialToRegions``, then ``DenseSum(n_classes)`` + ``RootSum`` or just ``RootSum``.
-libspn-keras' 'final' padding keeps a square of ``2^k`` top cells (8x8 / 32x32 / 64x64),
-skspn keeps every full-scope cell (10x10 / 37x37 / 65x65), so skspn's top layers do
-somewhat more work.
+Both libraries then feed the same top cells to the root (8x8 / 32x32 / 64x64 full-scope
+cells; the worker records libspn-keras' in ``top_cells``), so the networks are identical.
 """
 
 from __future__ import annotations

@@ -445,7 +445,8 @@ def scaling_benchmark(args, log):
             row = rows[0] if rows else dict(status="error")
             d = depth if depth != "auto" else min_depth((size, size))
             rec = dict(kind=kind, size=size, depth=d, depth_arg=depth, op=op, batch=batch,
-                       jit_compile=jit, describe=describe, error=error, **row)
+                       jit_compile=jit, describe=describe, error=error)
+            rec.update({k: v for k, v in row.items() if k != "batch"})
             out.append(rec)
             log(f"scaling {kind:5s} {size:4d}px depth {d} {op:8s} "
                 + (f"{row['images_per_s']:.1f} img/s, {row['peak_rss_mib']:.0f} MiB"
