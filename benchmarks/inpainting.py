@@ -268,13 +268,25 @@ def write_figure(path, X_test, completions, side, n_images=8):
 
 
 # --------------------------------------------------------------------------- runs
+def _git(cmd):
+    """Output of a git command in the repository ('' if git is unavailable)."""
+    import subprocess
+    try:
+        return subprocess.run(["git", *cmd], cwd=os.path.dirname(RESULTS_DIR), text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
 def versions():
     """Library versions recorded with every result."""
     import sklearn
     import tensorflow as tf
 
     import skspn
-    return {"python": platform.python_version(), "numpy": np.__version__,
+    return {"git_commit": _git(["rev-parse", "HEAD"]),
+            "git_dirty_skspn": bool(_git(["status", "--porcelain", "skspn"])),
+            "python": platform.python_version(), "numpy": np.__version__,
             "scikit-learn": sklearn.__version__, "tensorflow": tf.__version__,
             "skspn": skspn.__version__, "platform": platform.platform(),
             "cpu_count": os.cpu_count()}
@@ -320,6 +332,11 @@ def run_dataset(spec, mode, args):
     return out
 
 
+def baseline_seconds(b):
+    """Fit plus transform time of one baseline (KNNImputer does its work in transform)."""
+    return b["fit_seconds"] + sum(b[w].get("transform_seconds", 0.0) for w in MASKS)
+
+
 def markdown_main(result):
     """Markdown tables: our SPNs (both protocols) beside the baselines and the paper."""
     lines = [f"# Inpainting, {result['mode']} mode", "",
@@ -329,24 +346,26 @@ def markdown_main(result):
              "whole image (the reference code's leak). Paper numbers are **quoted from the "
              "paper's Table 1** (full training sets, 15-25 epochs, averaged over 5 runs), "
              "not re-run.", ""]
+    lines += [f"> Note: {n}" for n in result.get("notes", [])] + [""] * bool(result.get("notes"))
     for name, ds in result["datasets"].items():
         lines += [f"## {name}", "",
                   f"train {ds['n_train']} images, test {ds['n_test']}, {ds['epochs']} epochs, "
                   f"batch {ds['batch_size']}, em_update={ds['em_update']}, "
                   f"tol={ds['tol']}, data seed {ds['data_seed']}. "
                   f"Figure: `{ds['figure']}`.", "",
-                  "| method | protocol | bottom | left | fit s |", "|---|---|---|---|---|"]
+                  "| method | protocol | bottom | left | time s (fit + impute) |",
+                  "|---|---|---|---|---|"]
         for m in ds["models"]:
             for prot in PROTOCOLS:
                 s = m["scores"][prot]
                 lines.append(f"| DGC-SPN {m['architecture']} {m['learning']} | {prot} | "
                              f"{s['bottom']['mse']:.0f} ± {s['bottom']['sem']:.0f} | "
                              f"{s['left']['mse']:.0f} ± {s['left']['sem']:.0f} | "
-                             f"{m['fit_seconds']:.0f} |")
+                             f"{m['fit_seconds'] + sum(m['eval_seconds'].values()):.0f} |")
         for bname, b in ds["baselines"].items():
             lines.append(f"| {bname} | - | {b['bottom']['mse']:.0f} ± {b['bottom']['sem']:.0f} | "
                          f"{b['left']['mse']:.0f} ± {b['left']['sem']:.0f} | "
-                         f"{b['fit_seconds']:.0f} |")
+                         f"{baseline_seconds(b):.0f} |")
         for key, p in ds["paper_table1"].items():
             lines.append(f"| paper Table 1 (quoted), DGC-SPN {key} | (reference code) | "
                          f"{p['bottom']} | {p['left']} | |")
@@ -365,10 +384,14 @@ ABLATION_GRID = [
     ("n_components=8", {"n_components": 8}),
     ("em_update=epoch", {"em_update": "epoch"}),
     ("depth=min", {"depth": "min"}),
+    ("em_update=epoch + n_components=8", {"em_update": "epoch", "n_components": 8}),
     ("epochs x2", {"max_epochs": "x2"}),
     ("sum_channels=32", {"sum_channels": 32}),
     ("depth=min+2", {"depth": "min+2"}),
     ("learning=hard_em (weighted)", {"learning": "hard_em"}),
+    ("em_update=epoch + leaf_scale=0.5", {"em_update": "epoch", "leaf_scale": 0.5}),
+    ("em_update=epoch + epochs x2", {"em_update": "epoch", "max_epochs": "x2"}),
+    ("em_update=epoch + epochs x4", {"em_update": "epoch", "max_epochs": "x4"}),
 ]
 
 
@@ -384,7 +407,7 @@ def resolve_overrides(base, overrides, epochs, min_depth):
     params, ep = dict(base), epochs
     for k, v in overrides.items():
         if k == "max_epochs":
-            ep = epochs * 2
+            ep = epochs * int(v.lstrip("x"))
         elif k == "depth":
             params["depth"] = min_depth + (2 if v == "min+2" else 0)
         else:
@@ -395,7 +418,7 @@ def resolve_overrides(base, overrides, epochs, min_depth):
 def run_ablation(args, only=None, previous=None, on_progress=None):
     """One-factor-at-a-time grid (quick-mode data), honest protocol, marginal and MPE.
 
-    ``only``: labels of the grid rows to run (default all; 'base' is always run first).
+    ``only``: labels of the grid rows to fit (default all; 'base' is always included).
     ``previous``: an earlier ablation result; rows with the same label and parameters are
     reused instead of refitted (``--resume``). ``on_progress(result)`` is called after every
     row so partial results can be saved.
@@ -417,15 +440,14 @@ def run_ablation(args, only=None, previous=None, on_progress=None):
         result["datasets"][name] = {"n_train": len(X_train), "n_test": len(X_test),
                                     "epochs": epochs, "base": base, "rows": rows,
                                     "baselines": {}, "paper_table1": spec.paper}
-        grid = [g for g in ABLATION_GRID
-                if only is None or g[0] in only or g[0] == "base"]
         print(f"[ablation {name}] train {X_train.shape} test {X_test.shape}", flush=True)
-        for label, overrides in grid:
+        for label, overrides in ABLATION_GRID:
             params, ep = resolve_overrides(base, overrides, epochs, min_d)
             old = done.get(label)
             if old is not None and old["params"] == dict(params, max_epochs=ep):
-                rows.append(old)
-                print(f"  {label}: reused from the previous run", flush=True)
+                rows.append(old)  # reused (or kept) from the previous run
+                continue
+            if only is not None and label not in only and label != "base":
                 continue
             imputer, fit_seconds = fit_spn(X_train, params, ep, args.batch_size, None,
                                            args.seed, args.verbose)
@@ -433,7 +455,8 @@ def run_ablation(args, only=None, previous=None, on_progress=None):
             scores, _, _ = evaluate_spn(imputer, X_test, spec.side, ("honest",), methods)
             rows.append({"label": label, "params": dict(params, max_epochs=ep),
                          "fit_seconds": fit_seconds, "scores": scores,
-                         "train_log_likelihood": list(imputer.history_)})
+                         "train_log_likelihood": list(imputer.history_),
+                         "git_commit": _git(["rev-parse", "HEAD"])})
             print(f"  {label}: bottom {scores['honest']['bottom']['mse']:.0f} left "
                   f"{scores['honest']['left']['mse']:.0f} ({fit_seconds:.0f}s)", flush=True)
             if on_progress is not None:
@@ -451,6 +474,7 @@ def markdown_ablation(result):
     lines = ["# Inpainting ablation (quick-mode data, honest protocol)", "",
              "One factor changed at a time from the base configuration. MSE (0..255, hidden "
              "pixels). Δ = change against the base row (negative is better).", ""]
+    lines += [f"> Note: {n}" for n in result.get("notes", [])] + [""] * bool(result.get("notes"))
     for name, ds in result["datasets"].items():
         base = ds["rows"][0]["scores"]["honest"]
         lines += [f"## {name}", "", f"train {ds['n_train']}, test {ds['n_test']}, "
@@ -465,7 +489,7 @@ def markdown_ablation(result):
                     f"{s['left']['mse'] - base['left']['mse']:+.0f} | {row['fit_seconds']:.0f} |")
         for bname, b in ds["baselines"].items():
             lines.append(f"| baseline {bname} | {b['bottom']['mse']:.0f} | | "
-                         f"{b['left']['mse']:.0f} | | {b['fit_seconds']:.0f} |")
+                         f"{b['left']['mse']:.0f} | | {baseline_seconds(b):.0f} |")
         p = ds["paper_table1"]["usi"]
         lines += [f"| paper Table 1 USI (quoted; full data) | {p['bottom']} | | {p['left']} | | |", ""]
     return "\n".join(lines) + "\n"
@@ -512,12 +536,22 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=0)
     p.add_argument("--tag", default="", help="suffix for the output file names")
+    p.add_argument("--markdown-only", action="store_true",
+                   help="only rewrite the .md of the chosen mode from its existing .json")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     t0 = time.time()
+    if args.markdown_only:
+        stem = "inpainting_" + ("ablation" if args.ablation else
+                                "quick" if args.quick else "full") + args.tag
+        with open(os.path.join(RESULTS_DIR, stem + ".json")) as fh:
+            result = json.load(fh)
+        with open(os.path.join(RESULTS_DIR, stem + ".md"), "w") as fh:
+            fh.write((markdown_ablation if args.ablation else markdown_main)(result))
+        return
     if args.ablation:
         stem = "inpainting_ablation" + args.tag
 
