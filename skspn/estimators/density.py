@@ -329,8 +329,9 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
     log-likelihoods with any subset of pixels missing, posterior-marginal, MPE and sampled
     completions. Defaults follow the paper's generative set-up: Normal leaves with 4
     per-pixel quantile components, a one-hot first product and depthwise products after
-    it with dilations 1, 2, 4, ... and full padding, 16 sums per cell, and online hard EM
-    with unweighted sum inputs (USI).
+    it with dilations 1, 2, 4, ... and full padding, 16 sums per cell, and hard EM with
+    unweighted sum inputs (USI); the EM update is per epoch (batch EM) rather than the
+    paper's online update, which measured worse (``em_update``).
 
     Parameters
     ----------
