@@ -231,7 +231,8 @@ class BaseDGCSPN(BaseEstimator):
     # ------------------------------------------------------------------ seeds
     @staticmethod
     def _seed_pair(rng):
-        return rng.integers(0, 2**31 - 1, size=2, dtype=np.int64)
+        """A stateless TensorFlow seed ``[2]`` drawn from a numpy ``RandomState``."""
+        return rng.randint(0, 2**31 - 1, size=2).astype(np.int64)
 
     # ------------------------------------------------------------------ pickling
     _runtime_attributes = ("_network", "_learner", "_ops")

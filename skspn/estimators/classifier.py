@@ -162,6 +162,12 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
             learner.optimizer.set_state(state)
         return learner
 
+    def _resume(self):
+        """Continue training a fitted (or unpickled) classifier: network and learner."""
+        self._runtime()
+        if getattr(self, "_learner", None) is None:
+            self._learner = self._make_learner()
+
     # ------------------------------------------------------------------ fitting
     def _validate_targets(self, y, n_samples):
         y = column_or_1d(y, warn=True)
@@ -194,9 +200,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
             unseen = np.setdiff1d(np.unique(y), self.classes_)
             if unseen.size:
                 raise ValueError(f"y has classes {unseen.tolist()} not seen in the first fit")
-            self._runtime()
-            if getattr(self, "_learner", None) is None:
-                self._learner = self._make_learner()
+            self._resume()
             # set_params between warm fits takes effect; the moments carry over.
             self._learner.optimizer.learning_rate.assign(self.learning_rate)
         else:
@@ -237,9 +241,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
                 raise ValueError("classes must hold at least 2 classes")
             self._initialise(images, classes, y, sample_weight)
         else:
-            self._runtime()
-            if getattr(self, "_learner", None) is None:
-                self._learner = self._make_learner()
+            self._resume()
         unseen = np.setdiff1d(np.unique(y), self.classes_)
         if unseen.size:
             raise ValueError(f"y has classes {unseen.tolist()} not in classes_")
@@ -314,7 +316,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         n_batches = -(-n // batch)
         for i, (start, stop, _) in enumerate(self._padded_batches(n, batch)):
             idx = order[start:stop]
-            seed = self._rng.randint(0, 2**31 - 1, size=2).astype(np.int64)
+            seed = self._seed_pair(self._rng)
             loss = self._learner.step(self._pad(z[idx], batch), self._pad(weight[idx], batch, 0.0),
                                       seed, self._pad(codes[idx], batch, 0))
             total += loss * weight[idx].sum()

@@ -136,7 +136,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
             idx = order[start:stop]
             xb = self._pad(z[idx], batch)
             weight = self._pad(np.ones(len(idx), np.float32), batch, 0.0)
-            seed = self._rng.randint(0, 2**31 - 1, size=2).astype(np.int64)
+            seed = self._seed_pair(self._rng)
             mean_ll = self._learner.step(xb, weight, seed)
             if self.learning == "gradient":  # the gradient learner reports the loss
                 mean_ll = -mean_ll
@@ -274,9 +274,10 @@ class GenerativeDGCSPN(BaseDGCSPN):
         nd_shape = X.shape if isinstance(X, np.ndarray) and X.ndim > 2 else None
         images = self._prepare(X, reset=False)
         completed = self._complete(images, method, check_random_state(random_state))
-        X_orig = images.reshape(len(images), -1).astype(np.float64)
         if not hasattr(X, "columns") and np.asarray(X).dtype == np.float64:
             X_orig = np.asarray(X, dtype=np.float64).reshape(len(images), -1)
+        else:
+            X_orig = images.reshape(len(images), -1).astype(np.float64)
         out = np.where(np.isnan(X_orig), completed.reshape(len(images), -1), X_orig)
         if nd_shape is not None:
             out = out.reshape(nd_shape)
@@ -287,7 +288,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
         ops = self._get_ops()
         # MPE's max-product forward holds [cells, batch, C_in, C_out]: use smaller batches.
         batch = max(1, min(self.batch_size, 32)) if method == "mpe" else self.batch_size
-        seed = rng.randint(0, 2**31 - 1, size=2).astype(np.int64)
+        seed = self._seed_pair(rng)
         done = self._map_batches(
             lambda b: ops.complete(b, method, seed + np.array([0, len(b)])).numpy(), z, batch)
         values = done * scale + offset
@@ -315,7 +316,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
         empty = np.full((n_samples,) + self.image_shape_, np.nan, np.float32)
         rng = check_random_state(random_state)
         ops = self._get_ops()
-        seed = rng.randint(0, 2**31 - 1, size=2).astype(np.int64)
+        seed = self._seed_pair(rng)
         z = self._map_batches(lambda b: ops.complete(b, "sample", seed).numpy(), empty)
         if self._standardize_mode() == "feature":
             z = z * self.feature_scale_[None] + self.feature_mean_[None]
