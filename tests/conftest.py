@@ -9,6 +9,22 @@ import pytest  # noqa: E402
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def pytest_configure(config):
+    """Split the CPU into 2 logical devices so that the tf.distribute tests can run a
+    2-replica MirroredStrategy on any machine. It must happen before TensorFlow
+    initialises its devices, hence here; every other test runs on the first device as
+    before (nothing is placed by hand)."""
+    import skspn.core  # noqa: F401  (imports TensorFlow quietly)
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    except RuntimeError:  # devices already initialised (e.g. a plugin used TensorFlow)
+        pass
+
+
 def _find_data_home():
     """Return (path or None, reason) for the real-data folder."""
     env = os.environ.get("SKSPN_DATA")

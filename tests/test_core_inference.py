@@ -667,3 +667,27 @@ def test_64x64_full_depth_is_finite_with_missing_and_extreme_values():
     # The likelihood responds to the data through the leaves.
     i_loc = [i for i, v in enumerate(variables) if v is leaf.loc][0]
     assert np.any(np.abs(grads[i_loc].numpy()) > 0)
+
+
+def test_keyed_draws_depend_only_on_seed_and_sample_index():
+    """What makes sharded (tf.distribute) training equal to one device: a sample's draws
+    are the same whichever rows it is batched with."""
+    from skspn.core import keyed_random
+
+    seed = tf.constant([7, 11], tf.int64)
+    full = keyed_random.uniform(keyed_random.sample_keys(seed, tf.range(10)), [3, 10, 4], 1)
+    part = keyed_random.uniform(keyed_random.sample_keys(seed, tf.range(4, 7)), [3, 3, 4], 1)
+    np.testing.assert_array_equal(full.numpy()[:, 4:7], part.numpy())
+    other = keyed_random.uniform(keyed_random.sample_keys(seed + 1, tf.range(10)), [3, 10, 4], 1)
+    assert not np.any(full.numpy() == other.numpy())
+    # Uniform on (0, 1): 20 equal bins, chi-square with 19 dof (p = 0.001 at 43.8).
+    u = keyed_random.uniform(keyed_random.sample_keys(seed, tf.range(500)), [500, 40], 0)
+    u = u.numpy().ravel()
+    assert 0.0 < u.min() and u.max() < 1.0
+    counts = np.bincount((u * 20).astype(int), minlength=20)
+    expected = len(u) / 20
+    assert ((counts - expected) ** 2 / expected).sum() < 43.8
+    # Neighbouring samples and elements are uncorrelated.
+    grid = u.reshape(500, 40)
+    assert abs(np.corrcoef(grid[:-1].ravel(), grid[1:].ravel())[0, 1]) < 0.03
+    assert abs(np.corrcoef(grid[:, :-1].ravel(), grid[:, 1:].ravel())[0, 1]) < 0.03

@@ -1,6 +1,7 @@
 """DGCSPNDensityEstimator and DGCSPNImputer: learning, exact likelihoods, completions."""
 
 import itertools
+import pickle
 
 import numpy as np
 import pytest
@@ -149,6 +150,25 @@ def test_sampling(fitted_density):
     assert not np.array_equal(samples, other)
     # Samples follow the data's per-pixel means, not noise around zero.
     assert abs(samples.mean() - 4.9) < 1.5
+
+
+def test_draws_do_not_repeat_across_batches_nor_depend_on_batching(fitted_density,
+                                                                   digits_split):
+    """Random draws are keyed by each row's index in X: rows of different batches are
+    independent (an earlier version reused one batch's draws for every batch), and the
+    batch size used for inference does not change them."""
+    est = fitted_density  # batch_size=128
+    samples = est.sample(300, random_state=0)
+    assert len(np.unique(samples.round(6), axis=0)) == 300
+    X = digits_split[1][:300].copy()
+    X[:, 32:] = np.nan
+    completed = est.impute(X, method="sample", random_state=0)
+    assert not np.allclose(completed[0, 32:], completed[128, 32:])
+    small_batches = pickle.loads(pickle.dumps(est)).set_params(batch_size=32)
+    np.testing.assert_allclose(small_batches.sample(300, random_state=0), samples, rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(small_batches.impute(X, method="sample", random_state=0),
+                               completed, rtol=1e-5, atol=1e-5)
 
 
 def test_training_on_incomplete_data(digits_split):

@@ -7,6 +7,11 @@
   cross-entropy of ``p(y | x)``, with product and input dropout while training.
 - ``CompiledOps``: the batched inference queries, traced once per network.
 
+Both learners take an optional ``tf.distribute`` strategy (``distribute.DataParallel``):
+their per-batch work returns sums (counts, summed losses and gradients, summed weights),
+which are all-reduced over replicas before the update, so a step on ``R`` replicas equals
+the single-device step on the same global batch.
+
 Adam is written out here (a few lines) rather than taken from Keras so that its state is
 plain ``tf.Variable``s that can be exported to numpy and restored exactly.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from .distribute import DataParallel
 from .network import DGCSPN
 
 EM_ROUTINGS = {"hard_em": "hard", "hard_em_unweighted": "hard_unweighted", "soft_em": "soft"}
@@ -49,10 +55,13 @@ class EMLearner:
         weights fixed and replace the accumulators at ``end_epoch()`` (batch EM: the
         counts of the first, poorly initialised passes are not kept forever; soft EM then
         never decreases the likelihood).
+    strategy : tf.distribute.Strategy, optional
+        Data-parallel training (see ``distribute``); the network must have been built in
+        its scope. The counts of all replicas are summed before the update.
     """
 
     def __init__(self, network: DGCSPN, learning="hard_em_unweighted", update="online",
-                 jit_compile=JIT_COMPILE):
+                 jit_compile=JIT_COMPILE, strategy=None):
         if network.top.log_space:
             raise ValueError("EM needs a network built with log_space=False (count accumulators)")
         if update not in ("epoch", "online"):
@@ -60,19 +69,27 @@ class EMLearner:
         self.network = network
         self.routing = EM_ROUTINGS[learning]
         self.update = update
-        self.pending = [tf.Variable(tf.zeros_like(layer.accumulator), trainable=False)
-                        for layer in network.weight_layers]
+        self.parallel = _data_parallel(strategy, jit_compile, network)
+        with self.parallel.scope():
+            self.pending = [tf.Variable(tf.zeros_like(layer.accumulator), trainable=False)
+                            for layer in network.weight_layers]
         spec = [_image_spec(network), tf.TensorSpec([None], tf.float32), _SEED]
         self._step = tf.function(self._step_impl, input_signature=spec, jit_compile=jit_compile)
 
+    def _batch_counts(self, x, weight, sample_index, seed):
+        """Counts, ``sum weight * log p(x)`` and ``sum weight`` of one (shard of a) batch."""
+        counts, root = self.network.em_counts(x, self.routing, seed, weight, sample_index)
+        return counts, tf.reduce_sum(weight * root), tf.reduce_sum(weight)
+
     def _step_impl(self, x, weight, seed):
-        counts, root = self.network.em_counts(x, self.routing, seed, weight)
+        batch = (x, weight, tf.range(tf.shape(x)[0]))
+        counts, ll_sum, weight_sum = self.parallel(self._batch_counts, batch, seed)
         for layer, pending, c in zip(self.network.weight_layers, self.pending, counts):
             if self.update == "online":
                 layer.accumulator.assign_add(c)
             else:
                 pending.assign_add(c)
-        return tf.reduce_sum(weight * root) / tf.reduce_sum(weight)
+        return ll_sum / weight_sum
 
     def step(self, x, weight, seed):
         """One EM step on batch ``x`` with per-sample ``weight`` (0 = padding row);
@@ -124,11 +141,13 @@ class GradientLearner:
     """Adam on ``-mean log p(x)`` (``objective='nll'``) or the class cross-entropy (``'ce'``).
 
     Trains every trainable variable of the network: log-space accumulators and, when the
-    leaf was built trainable, its parameters.
+    leaf was built trainable, its parameters. With a ``strategy`` the summed losses and
+    gradients of all replicas are all-reduced, then divided by the global weight sum.
     """
 
     def __init__(self, network: DGCSPN, objective="nll", learning_rate=1e-3,
-                 product_dropout=0.0, input_dropout=0.0, jit_compile=JIT_COMPILE):
+                 product_dropout=0.0, input_dropout=0.0, jit_compile=JIT_COMPILE,
+                 strategy=None):
         if objective not in ("nll", "ce"):
             raise ValueError(f"objective must be 'nll' or 'ce', got {objective!r}")
         if objective == "ce" and not network.n_classes:
@@ -138,34 +157,58 @@ class GradientLearner:
         self.product_dropout = float(product_dropout)
         self.input_dropout = float(input_dropout)
         self.variables = [v for v in network.trainable_variables]
-        self.optimizer = Adam(self.variables, learning_rate)
+        self.parallel = _data_parallel(strategy, jit_compile, network)
+        with self.parallel.scope():
+            self.optimizer = Adam(self.variables, learning_rate)
         spec = [_image_spec(network), tf.TensorSpec([None], tf.int32),
                 tf.TensorSpec([None], tf.float32), _SEED]
         self._step = tf.function(self._step_impl, input_signature=spec, jit_compile=jit_compile)
 
-    def _loss(self, x, y, weight, seed):
+    def _summed_loss(self, x, y, weight, sample_index, seed):
         net = self.network
-        top, root = net.forward(x, "gradient", seed, self.product_dropout, self.input_dropout)
+        top, root = net.forward(x, "gradient", seed, self.product_dropout, self.input_dropout,
+                                sample_index)
         if self.objective == "nll":
             per_sample = -root
         else:
             joint = top + net.class_prior.log_weights()[0, :, 0]
             log_post = tf.nn.log_softmax(joint, axis=-1)
             per_sample = -tf.gather(log_post, y, axis=1, batch_dims=1)
-        return tf.reduce_sum(weight * per_sample) / tf.reduce_sum(weight)
+        return tf.reduce_sum(weight * per_sample)
+
+    def _batch_gradients(self, x, y, weight, sample_index, seed):
+        """Gradients of the summed loss, the summed loss and ``sum weight`` of one shard.
+
+        Variables the loss does not reach get no gradient (``None``), as without a strategy:
+        they are left out here and skipped by Adam.
+        """
+        with tf.GradientTape() as tape:
+            loss_sum = self._summed_loss(x, y, weight, sample_index, seed)
+        grads = tape.gradient(loss_sum, self.variables)
+        reached = {i: g for i, g in enumerate(grads) if g is not None}
+        return reached, loss_sum, tf.reduce_sum(weight)
 
     def _step_impl(self, x, y, weight, seed):
-        with tf.GradientTape() as tape:
-            loss = self._loss(x, y, weight, seed)
-        grads = tape.gradient(loss, self.variables)
+        batch = (x, y, weight, tf.range(tf.shape(x)[0]))
+        reached, loss_sum, weight_sum = self.parallel(self._batch_gradients, batch, seed)
+        grads = [reached[i] / weight_sum if i in reached else None
+                 for i in range(len(self.variables))]
         self.optimizer.apply(grads)
-        return loss
+        return loss_sum / weight_sum
 
     def step(self, x, weight, seed, y=None):
         """One Adam step; ``y`` (int class indices) is needed for ``objective='ce'``."""
         if y is None:
             y = np.zeros(len(x), np.int32)
         return float(self._step(x, y, weight, seed))
+
+
+def _data_parallel(strategy, jit_compile, network):
+    parallel = DataParallel(strategy)
+    if strategy is not None and jit_compile:
+        raise ValueError("jit_compile is not supported with a tf.distribute strategy")
+    parallel.check_variables(network.variables)
+    return parallel
 
 
 class CompiledOps:
@@ -179,15 +222,20 @@ class CompiledOps:
         if network.n_classes:
             self.joint_log_likelihood = tf.function(
                 network.joint_log_likelihood, input_signature=[img], jit_compile=jit_compile)
+        index = tf.TensorSpec([None], tf.int32)
         self._complete = {
-            m: tf.function(lambda x, seed, m=m: network.complete(x, m, seed),
-                           input_signature=[img, _SEED], jit_compile=jit_compile)
+            m: tf.function(lambda x, seed, sample_index, m=m: network.complete(
+                x, m, seed, sample_index), input_signature=[img, _SEED, index],
+                jit_compile=jit_compile)
             for m in ("marginal", "mpe", "sample")}
         self.leaf_posterior = tf.function(
             lambda x: network.leaf_signal(x, "soft")[0], input_signature=[img],
             jit_compile=jit_compile)
 
-    def complete(self, x, method="marginal", seed=None):
+    def complete(self, x, method="marginal", seed=None, first_index=0):
+        """``network.complete`` on batch ``x`` whose rows are samples ``first_index, ...``
+        of a larger input (keys the random draws; see ``DGCSPN.complete``)."""
         if seed is None:
             seed = np.zeros(2, np.int64)
-        return self._complete[method](x, tf.constant(seed, tf.int64))
+        index = np.arange(first_index, first_index + len(x), dtype=np.int32)
+        return self._complete[method](x, tf.constant(seed, tf.int64), index)

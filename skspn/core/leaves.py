@@ -14,6 +14,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from . import keyed_random
+
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
@@ -87,8 +89,12 @@ class Leaf(tf.Module):
         """Value of the selected component's mode; ``selection`` is one-hot ``[H, W, B, K]``."""
         raise NotImplementedError
 
-    def sample(self, selection: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        """A draw from the selected component; ``selection`` is one-hot ``[H, W, B, K]``."""
+    def sample(self, selection: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
+        """A draw from the selected component; ``selection`` is one-hot ``[H, W, B, K]``.
+
+        ``keys`` ``[B]`` (``keyed_random.sample_keys``) key each sample's draws, so they do
+        not depend on the other samples of the batch.
+        """
         raise NotImplementedError
 
 
@@ -134,10 +140,11 @@ class NormalLeaf(Leaf):
     def mode(self, selection):
         return self.expected_value(selection)
 
-    def sample(self, selection, seed):
+    def sample(self, selection, keys):
         mean = self.expected_value(selection)
         std = tf.einsum("hwbk,hwck->hwbc", selection, self.scale[:, :, 0])
-        return mean + std * tf.random.stateless_normal(tf.shape(mean), seed)
+        normal = tf.math.ndtri(keyed_random.uniform(keys, tf.shape(mean), 2))
+        return mean + std * normal
 
 
 class BernoulliLeaf(Leaf):
@@ -166,9 +173,9 @@ class BernoulliLeaf(Leaf):
     def mode(self, selection):
         return self.expected_value(selection)
 
-    def sample(self, selection, seed):
+    def sample(self, selection, keys):
         p = self._p_one(selection)
-        return tf.cast(tf.random.stateless_uniform(tf.shape(p), seed) < p, tf.float32)
+        return tf.cast(keyed_random.uniform(keys, tf.shape(p), 2) < p, tf.float32)
 
 
 class CategoricalLeaf(Leaf):
@@ -199,9 +206,8 @@ class CategoricalLeaf(Leaf):
     def mode(self, selection):
         return self.expected_value(selection)
 
-    def sample(self, selection, seed):
-        p = self._predictive(selection)
-        shape = tf.shape(p)
-        flat = tf.reshape(tf.math.log(p + 1e-30), [-1, self.n_categories])
-        draw = tf.random.stateless_categorical(flat, 1, seed)
-        return tf.cast(tf.reshape(draw, shape[:-1]), tf.float32)
+    def sample(self, selection, keys):
+        p = self._predictive(selection)  # [H, W, B, C, n]
+        gumbel = -tf.math.log(-tf.math.log(keyed_random.uniform(keys, tf.shape(p), 2)))
+        draw = tf.argmax(tf.math.log(p + 1e-30) + gumbel, axis=-1)
+        return tf.cast(draw, tf.float32)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from . import keyed_random
 from .leaves import Leaf
 from .products import Product
 from .scopes import ProductSpec, resolve
@@ -126,8 +127,12 @@ class DGCSPN(tf.Module):
         return self.leaf.log_prob(tf.transpose(x, [1, 2, 0, 3]))
 
     def forward_from_leaves(self, leaf_lp, log_weights=None, routing="gradient", seed=None,
-                            product_dropout=0.0, input_dropout=0.0):
+                            product_dropout=0.0, input_dropout=0.0, sample_index=None):
         """Run the stack from leaf log-probs ``[H, W, B, K]``.
+
+        Random draws (dropout masks, tie-breaking, sampling) are keyed by ``seed`` and
+        ``sample_index`` ``[B]``, each sample's index in the global batch (default
+        ``0..B-1``), so a batch split across replicas draws what it would on one device.
 
         Returns
         -------
@@ -140,6 +145,8 @@ class DGCSPN(tf.Module):
             log_weights = self.log_weights()
         if seed is None:
             seed = tf.constant([0, 0], tf.int64)
+        if sample_index is None:
+            sample_index = tf.range(tf.shape(leaf_lp)[2])
 
         # Layers draw from fold_in(seed, 0); the leaves of ``complete`` from fold_in(seed, 1),
         # so no layer's stream can coincide with the leaf draws.
@@ -148,30 +155,36 @@ class DGCSPN(tf.Module):
         def layer_seed(i):
             return tf.random.experimental.stateless_fold_in(layer_stream, i)
 
+        def keep_mask(shape, stream, rate):  # shape [H, W, B, ...]: samples on axis 2
+            keys = keyed_random.sample_keys(layer_seed(stream), sample_index)
+            return keyed_random.uniform(keys, shape, 2) >= rate
+
         x = leaf_lp
         if input_dropout > 0.0:  # marginalise whole pixels: log 1
-            keep = tf.random.stateless_uniform(tf.shape(x)[:3], layer_seed(1000)) >= input_dropout
+            keep = keep_mask(tf.shape(x)[:3], 1000, input_dropout)
             x = tf.where(keep[..., None], x, tf.zeros_like(x))
         for i, product in enumerate(self.products):
             x = product(x)
             if product_dropout > 0.0:  # drop product nodes: log 0
-                keep = tf.random.stateless_uniform(tf.shape(x), layer_seed(2000 + i)) >= product_dropout
+                keep = keep_mask(tf.shape(x), 2000 + i, product_dropout)
                 x = tf.where(keep, x, tf.fill(tf.shape(x), LOG_ZERO))
             if i < len(self.sums):
-                x = self.sums[i](x, log_weights[i], routing, layer_seed(i))
+                x = self.sums[i](x, log_weights[i], routing, layer_seed(i), sample_index)
         (h0, nh), (w0, nw) = self.report.top_index
         x = x[h0:h0 + nh, w0:w0 + nw]  # full-scope cells only (completeness)
         batch = tf.shape(x)[2]
         x = tf.reshape(tf.transpose(x, [2, 0, 1, 3]), [1, batch, self.n_top_inputs])
-        top = routed_sum(x, log_weights[len(self.sums)], routing, layer_seed(500))
+        top = routed_sum(x, log_weights[len(self.sums)], routing, layer_seed(500), sample_index)
         if self.class_prior is None:
             return top[0], top[0, :, 0]
-        root = routed_sum(top, log_weights[len(self.sums) + 1], routing, layer_seed(501))
+        root = routed_sum(top, log_weights[len(self.sums) + 1], routing, layer_seed(501),
+                          sample_index)
         return top[0], root[0, :, 0]
 
-    def forward(self, x, routing="gradient", seed=None, product_dropout=0.0, input_dropout=0.0):
+    def forward(self, x, routing="gradient", seed=None, product_dropout=0.0, input_dropout=0.0,
+                sample_index=None):
         return self.forward_from_leaves(self.leaf_log_prob(x), None, routing, seed,
-                                        product_dropout, input_dropout)
+                                        product_dropout, input_dropout, sample_index)
 
     # ------------------------------------------------------------------ queries
     def log_likelihood(self, x):
@@ -183,7 +196,7 @@ class DGCSPN(tf.Module):
         top, _ = self.forward(x)
         return top + self.class_prior.log_weights()[0, :, 0]
 
-    def leaf_signal(self, x, routing, seed=None):
+    def leaf_signal(self, x, routing, seed=None, sample_index=None):
         """Backward signal at the leaves ``[H, W, B, K]`` and ``log p(x)`` ``[B]``.
 
         ``soft``: the posterior of every component given the evidence. ``max``: the MPE
@@ -192,42 +205,50 @@ class DGCSPN(tf.Module):
         leaf_lp = self.leaf_log_prob(x)
         with tf.GradientTape() as tape:
             tape.watch(leaf_lp)
-            _, root = self.forward_from_leaves(leaf_lp, None, routing, seed)
+            _, root = self.forward_from_leaves(leaf_lp, None, routing, seed,
+                                               sample_index=sample_index)
             total = tf.reduce_sum(root)
         return tape.gradient(total, leaf_lp), root
 
-    def complete(self, x, method="marginal", seed=None):
+    def complete(self, x, method="marginal", seed=None, sample_index=None):
         """Fill the NaN entries of ``x`` ``[B, H, W, n_colors]``; observed values are kept.
 
         ``method``: ``'marginal'`` (posterior-weighted component means, the paper's
-        inpainting), ``'mpe'`` (max-product completion) or ``'sample'``.
+        inpainting), ``'mpe'`` (max-product completion) or ``'sample'``. ``sample_index``
+        ``[B]`` (default ``0..B-1``) keys the random draws per sample: give a large input's
+        batches their global row numbers and the result does not depend on the batching.
         """
         routing = {"marginal": "soft", "mpe": "max", "sample": "sample"}[method]
         if seed is None:
             seed = tf.constant([0, 0], tf.int64)
-        signal, _ = self.leaf_signal(x, routing, seed)
+        if sample_index is None:
+            sample_index = tf.range(tf.shape(x)[0])
+        signal, _ = self.leaf_signal(x, routing, seed, sample_index)
         if method == "marginal":
             values = self.leaf.expected_value(signal)
         elif method == "mpe":
             values = self.leaf.mode(signal)
         else:
-            values = self.leaf.sample(signal, tf.random.experimental.stateless_fold_in(seed, 1))
+            leaf_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+            values = self.leaf.sample(signal, keyed_random.sample_keys(leaf_seed, sample_index))
         values = tf.transpose(values, [2, 0, 1, 3])
         return tf.where(tf.math.is_nan(x), values, x)
 
-    def em_counts(self, x, routing, seed=None, weight=None):
+    def em_counts(self, x, routing, seed=None, weight=None, sample_index=None):
         """Counts per sum layer for a batch and the batch's ``log p(x)``.
 
         The counts are the gradient of ``sum_b log S(x_b)`` with respect to each layer's
         normalised log-weights under the chosen routing: hard win counts (``hard``,
         ``hard_unweighted``) or expected counts (``soft``). ``weight`` ``[B]`` scales each
-        sample's signal (0 for padding rows).
+        sample's signal (0 for padding rows); ``sample_index`` keys the random tie-breaks
+        (see ``forward_from_leaves``).
         """
         leaf_lp = self.leaf_log_prob(x)
         with tf.GradientTape() as tape:
             log_weights = self.log_weights()
             tape.watch(log_weights)
-            _, root = self.forward_from_leaves(leaf_lp, log_weights, routing, seed)
+            _, root = self.forward_from_leaves(leaf_lp, log_weights, routing, seed,
+                                               sample_index=sample_index)
             total = tf.reduce_sum(root if weight is None else weight * root)
         return tape.gradient(total, log_weights), root
 

@@ -67,8 +67,10 @@ class Product(tf.Module):
             x = tf.pad(x, paddings)  # zeros = log 1: padding cells are constant 1
         children = []
         for offset in self.offsets:
-            begin = [op.out_start * op.stride + a * op.dilation for op, a in zip(self.axes, offset)]
-            end = [b + (n - 1) * op.stride + 1 for b, n, op in zip(begin, self.out_shape, self.axes)]
+            begin = [op.out_start * op.stride + a * op.dilation
+                     for op, a in zip(self.axes, offset)]
+            end = [b + (n - 1) * op.stride + 1
+                   for b, n, op in zip(begin, self.out_shape, self.axes)]
             strides = [op.stride for op in self.axes]
             children.append(tf.strided_slice(x, begin + [0, 0], end + [0, 0],
                                              strides + [1, 1], end_mask=0b1100))

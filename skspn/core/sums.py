@@ -21,13 +21,17 @@ backward pass sends the incoming signal to the children, chosen per call:
     forward is max-product; backward goes to the weighted argmax (MPE).
 
 Ties are broken uniformly at random, which matters when children are exactly equal
-(e.g. components of a marginalised pixel).
+(e.g. components of a marginalised pixel or of a padded border cell). All random draws are
+keyed by the sample's index in the global batch (``keyed_random``), so a batch split over
+replicas routes every sample as the whole batch on one device would.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+
+from . import keyed_random
 
 ROUTINGS = ("gradient", "soft", "hard", "hard_unweighted", "sample", "max")
 
@@ -59,18 +63,18 @@ def log_matmul_exp(x, log_w):
     return tf.math.log(s) + m
 
 
-def _random_argmax(z, axis, seed):
+def _random_argmax(z, axis, keys):
     """Argmax over the channel axis (last, of ``[N, B, C]``) with exact ties broken at random.
 
-    Tied entries are ranked by random priorities drawn per (sample, channel): each tied
-    child wins equally often and samples are independent; the cells of one sample share
-    the order. A uniform draw per element of ``[N, B, C]`` cost 5x the argmax itself
-    (benchmarks/formulations.py), and ties only arise between exactly equal values (e.g.
-    the components of a marginalised pixel).
+    Tied entries are ranked by random integer priorities drawn per (sample, channel) from
+    the per-sample ``keys`` ``[B]``: each tied child wins equally often and samples are
+    independent; the cells of one sample share the order. A draw per element of
+    ``[N, B, C]`` cost 5x the argmax itself (benchmarks/formulations.py), and ties only
+    arise between exactly equal values (e.g. the components of a marginalised pixel).
     """
     is_max = z >= tf.reduce_max(z, axis=axis, keepdims=True)
     shape = tf.shape(z)
-    priority = tf.random.stateless_uniform(tf.stack([1, shape[1], shape[2]]), seed)
+    priority = keyed_random.bits(keys, tf.stack([1, shape[1], shape[2]]), 1)
     return tf.argmax(tf.where(is_max, priority, -tf.ones_like(priority)), axis=axis,
                      output_type=tf.int32)
 
@@ -80,7 +84,7 @@ def _weighted_scores(x, log_w):
     return x[:, :, :, None] + log_w[:, None, :, :]
 
 
-def _route_weighted(x, log_w, g, seed, gumbel):
+def _route_weighted(x, log_w, g, keys, gumbel):
     """Route the signal ``g`` ``[N, B, C_out]`` to the weighted argmax child (or a
     Gumbel-max draw).
 
@@ -96,10 +100,10 @@ def _route_weighted(x, log_w, g, seed, gumbel):
     w_active = tf.gather(w_t, active, axis=1, batch_dims=1)  # [N, B, C_in]
     z = x + w_active
     if gumbel:
-        u = tf.random.stateless_uniform(tf.shape(z), seed, minval=1e-20, maxval=1.0)
+        u = keyed_random.uniform(keys, tf.shape(z), 1)
         sel = tf.argmax(z - tf.math.log(-tf.math.log(u)), axis=-1, output_type=tf.int32)
     else:
-        sel = _random_argmax(z, 2, seed)  # [N, B]
+        sel = _random_argmax(z, 2, keys)  # [N, B]
     onehot = tf.one_hot(sel, tf.shape(x)[-1], dtype=x.dtype)  # [N, B, C_in]
     dx = onehot * signal
     # Counts: the signal of channel o* goes to (sel, o*).
@@ -107,15 +111,15 @@ def _route_weighted(x, log_w, g, seed, gumbel):
     return dx, dlw
 
 
-def _route_unweighted(x, g, seed):
-    sel = _random_argmax(x, 2, seed)  # [N, B]
+def _route_unweighted(x, g, keys):
+    sel = _random_argmax(x, 2, keys)  # [N, B]
     onehot = tf.one_hot(sel, tf.shape(x)[-1], dtype=x.dtype)  # [N, B, C_in]
     dx = onehot * tf.reduce_sum(g, axis=-1, keepdims=True)
     dlw = tf.matmul(onehot, g, transpose_a=True)  # [N, C_in, C_out]
     return dx, dlw
 
 
-def routed_sum(x, log_w, routing="gradient", seed=None):
+def routed_sum(x, log_w, routing="gradient", seed=None, sample_index=None):
     """Weighted sums of ``x`` per cell, with the backward pass chosen by ``routing``.
 
     Parameters
@@ -128,6 +132,9 @@ def routed_sum(x, log_w, routing="gradient", seed=None):
         One of ``ROUTINGS``.
     seed : Tensor ``[2]`` of int, optional
         Stateless seed for tie-breaking and sampling.
+    sample_index : Tensor ``[B]`` of int, optional
+        Index of each sample in the global batch (default ``0..B-1``): with the seed it
+        keys the random draws (see ``keyed_random``).
 
     Returns
     -------
@@ -139,6 +146,9 @@ def routed_sum(x, log_w, routing="gradient", seed=None):
         raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
     if seed is None:
         seed = tf.constant([0, 0], tf.int64)
+    if sample_index is None:
+        sample_index = tf.range(tf.shape(x)[1])
+    keys = keyed_random.sample_keys(seed, sample_index)
     shared = log_w.shape[0] == 1 and x.shape[0] != 1
 
     @tf.custom_gradient
@@ -151,9 +161,9 @@ def routed_sum(x, log_w, routing="gradient", seed=None):
 
         def grad(g):
             if routing == "hard_unweighted":
-                dx, dlw = _route_unweighted(x, g, seed)
+                dx, dlw = _route_unweighted(x, g, keys)
             else:
-                dx, dlw = _route_weighted(x, lw, g, seed, gumbel=routing == "sample")
+                dx, dlw = _route_weighted(x, lw, g, keys, gumbel=routing == "sample")
             if shared:
                 dlw = tf.reduce_sum(dlw, axis=0, keepdims=True)
             return dx, dlw
@@ -201,7 +211,7 @@ class SpatialSum(tf.Module):
         c = tf.maximum(self.accumulator, 0.0) + self.eps
         return tf.math.log(c) - tf.math.log(tf.reduce_sum(c, axis=1, keepdims=True))
 
-    def __call__(self, x, log_w, routing="gradient", seed=None):
+    def __call__(self, x, log_w, routing="gradient", seed=None, sample_index=None):
         """``x`` ``[H, W, B, C_in]`` -> ``[H, W, B, C_out]`` using log-weights ``log_w``.
 
         The normalised log-weights are passed in (from ``log_weights()``) so that a caller
@@ -209,7 +219,7 @@ class SpatialSum(tf.Module):
         """
         shape = tf.shape(x)
         flat = tf.reshape(x, [self.n_cells, shape[2], self.in_channels])
-        out = routed_sum(flat, log_w, routing, seed)
+        out = routed_sum(flat, log_w, routing, seed, sample_index)
         return tf.reshape(out, tf.concat([shape[:3], [self.out_channels]], 0))
 
 

@@ -8,6 +8,7 @@ first use after unpickling).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -199,11 +200,12 @@ class BaseDGCSPN(BaseEstimator):
         return np.concatenate([array, pad])
 
     def _map_batches(self, fn, images, batch_size=None):
-        """Apply ``fn`` to padded batches of ``images`` and concatenate the results."""
+        """Apply ``fn(batch, start)`` to padded batches of ``images`` (``start``: the index
+        of the batch's first row) and concatenate the results."""
         batch_size = batch_size or self.batch_size
         out = []
         for start, stop, padded in self._padded_batches(len(images), batch_size):
-            res = fn(self._pad(images[start:stop], padded))
+            res = fn(self._pad(images[start:stop], padded), start)
             out.append(np.asarray(res)[:stop - start])
         return np.concatenate(out)
 
@@ -234,8 +236,66 @@ class BaseDGCSPN(BaseEstimator):
         """A stateless TensorFlow seed ``[2]`` drawn from a numpy ``RandomState``."""
         return rng.randint(0, 2**31 - 1, size=2).astype(np.int64)
 
+    # ------------------------------------------------------------------ distribution
+    def _setup_distribution(self, images):
+        """Pick up the surrounding ``tf.distribute`` strategy for a new fit.
+
+        ``None`` outside any ``strategy.scope()``: one device, no overhead. Across workers
+        (``MultiWorkerMirroredStrategy``) every worker must be given the same ``X``: the
+        global batches are drawn identically on every worker and each replica trains on
+        its rows, so the workers' data are compared and their random streams joined first.
+        """
+        from ..core.distribute import current_strategy, gather_across_replicas, is_multi_worker
+
+        self._strategy = current_strategy()
+        if is_multi_worker(self._strategy):
+            # The first draw of each worker's random stream, without consuming it: a
+            # random_state that already agrees leaves the stream as on one device.
+            probe = np.random.RandomState()
+            probe.set_state(self._rng.get_state())
+            fingerprint = [len(images), float(np.nansum(images, dtype=np.float64)),
+                           float(np.isnan(images).sum()), probe.randint(0, 2**31 - 1)]
+            table = gather_across_replicas(self._strategy, fingerprint)
+            low, high = table.min(axis=0), table.max(axis=0)
+            if np.any(low[:3] != high[:3]):
+                raise ValueError(
+                    "multi-worker training needs the same X on every worker (each replica "
+                    "trains on its share of every global batch); the workers' X differ "
+                    f"(n_samples from {int(low[0])} to {int(high[0])}, sum of values from "
+                    f"{low[1]:.6g} to {high[1]:.6g})")
+            if low[3] != high[3]:  # e.g. random_state=None: use the first worker's stream
+                self._rng = np.random.RandomState(int(table[0, 3]))
+
+    def _distribution_scope(self):
+        strategy = getattr(self, "_strategy", None)
+        return contextlib.nullcontext() if strategy is None else strategy.scope()
+
+    def _training_runtime(self, **learner_kwargs):
+        """Network and learner to continue training (warm start, ``partial_fit``).
+
+        They are rebuilt from the fitted weights (and optimiser state) when the surrounding
+        strategy differs from the one they were built under, e.g. a model fitted under
+        ``MirroredStrategy`` and updated on one device, or an unpickled one.
+        """
+        from ..core.distribute import current_strategy
+
+        strategy = current_strategy()
+        if getattr(self, "_network", None) is None or strategy is not getattr(
+                self, "_strategy", None):
+            learner = getattr(self, "_learner", None)
+            if learner is not None and hasattr(learner, "optimizer"):
+                self._optimizer_state = learner.optimizer.get_state()
+            self._strategy = strategy
+            with self._distribution_scope():
+                self._network = self._make_network()
+                self._network.set_weights(self.network_weights_)
+            self._ops, self._learner = None, None
+        if getattr(self, "_learner", None) is None:
+            self._learner = self._make_learner(**learner_kwargs)
+        return self._learner
+
     # ------------------------------------------------------------------ pickling
-    _runtime_attributes = ("_network", "_learner", "_ops")
+    _runtime_attributes = ("_network", "_learner", "_ops", "_strategy")
 
     def __getstate__(self):
         state = {k: v for k, v in self.__dict__.items() if k not in self._runtime_attributes}
@@ -259,6 +319,7 @@ class BaseDGCSPN(BaseEstimator):
     def _runtime(self):
         """The TensorFlow network of a fitted (or unpickled) estimator, built on demand."""
         if getattr(self, "_network", None) is None:
+            self._strategy = None
             self._network = self._make_network()
             self._network.set_weights(self.network_weights_)
             self._ops = None

@@ -102,23 +102,27 @@ class GenerativeDGCSPN(BaseDGCSPN):
     def _make_learner(self, online=False):
         from ..core.learning import EMLearner, GradientLearner
 
+        strategy = getattr(self, "_strategy", None)
         if self.learning == "gradient":
-            learner = GradientLearner(self._network, "nll", self.learning_rate)
+            learner = GradientLearner(self._network, "nll", self.learning_rate,
+                                      strategy=strategy)
             state = getattr(self, "_optimizer_state", None)
             if state is not None:
                 learner.optimizer.set_state(state)
             return learner
         return EMLearner(self._network, self.learning,
-                         update="online" if online else self.em_update)
+                         update="online" if online else self.em_update, strategy=strategy)
 
     # ------------------------------------------------------------------ fitting
     def _initialise(self, images, online=False):
         self._optimizer_state = None  # a new fit starts a new optimiser
         self._rng = check_random_state(self.random_state)
+        self._setup_distribution(images)
         self.seed_ = int(self._rng.randint(0, 2**31 - 1))
         self._fit_scaler(images)
         z, _, _ = self._scale(images)
-        self._network = self._make_network(z)
+        with self._distribution_scope():
+            self._network = self._make_network(z)
         self._learner = self._make_learner(online)
         self._ops = self._make_ops()
         self.history_ = []
@@ -197,9 +201,8 @@ class GenerativeDGCSPN(BaseDGCSPN):
         if first:
             self._initialise(images, online=True)
         else:
-            self._runtime()
-            learner = getattr(self, "_learner", None)
-            if learner is None or getattr(learner, "update", "online") != "online":
+            learner = self._training_runtime(online=True)
+            if getattr(learner, "update", "online") != "online":
                 self._learner = self._make_learner(online=True)
             if not hasattr(self, "_rng"):
                 self._rng = check_random_state(self.random_state)
@@ -243,7 +246,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
         images = self._prepare(X, reset=False)
         z, _, scale = self._scale(images)
         ops = self._get_ops()
-        ll = self._map_batches(lambda b: ops.log_likelihood(b).numpy(), z)
+        ll = self._map_batches(lambda b, _: ops.log_likelihood(b).numpy(), z)
         return ll.astype(np.float64) + self._log_jacobian(images, scale)
 
     def score(self, X, y=None):
@@ -290,7 +293,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
         batch = max(1, min(self.batch_size, 32)) if method == "mpe" else self.batch_size
         seed = self._seed_pair(rng)
         done = self._map_batches(
-            lambda b: ops.complete(b, method, seed + np.array([0, len(b)])).numpy(), z, batch)
+            lambda b, start: ops.complete(b, method, seed, start).numpy(), z, batch)
         values = done * scale + offset
         return values.astype(np.float64)
 
@@ -317,7 +320,8 @@ class GenerativeDGCSPN(BaseDGCSPN):
         rng = check_random_state(random_state)
         ops = self._get_ops()
         seed = self._seed_pair(rng)
-        z = self._map_batches(lambda b: ops.complete(b, "sample", seed).numpy(), empty)
+        z = self._map_batches(lambda b, start: ops.complete(b, "sample", seed, start).numpy(),
+                              empty)
         if self._standardize_mode() == "feature":
             z = z * self.feature_scale_[None] + self.feature_mean_[None]
         return z.reshape(n_samples, -1).astype(np.float64)
@@ -364,6 +368,7 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
         ``partial_fit`` is always online.
     max_epochs : int, default=15
     batch_size : int, default=128
+        Samples per EM / Adam step (the global batch under a ``tf.distribute`` strategy).
     learning_rate : float, default=1e-2
         Adam step size (``learning='gradient'`` only).
     tol : float or None, default=0.1
@@ -389,6 +394,14 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
     converged_ : bool
     network_weights_ : list of ndarray
         The network's parameters (leaf parameters, then sum accumulators).
+
+    Notes
+    -----
+    Fitting inside ``with strategy.scope():`` of a ``tf.distribute.MirroredStrategy`` or
+    ``MultiWorkerMirroredStrategy`` trains data-parallel: ``batch_size`` is the global
+    batch, split over the replicas, and the result equals single-device training with the
+    same ``batch_size`` and ``random_state`` up to float rounding. Multi-worker training
+    needs the same ``X`` on every worker.
 
     Examples
     --------

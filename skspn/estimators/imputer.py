@@ -42,6 +42,14 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
     image_shape_, n_features_in_, feature_names_in_, history_, n_iter_, converged_,
     network_weights_ : see ``DGCSPNDensityEstimator``.
 
+    Notes
+    -----
+    Fitting inside ``with strategy.scope():`` of a ``tf.distribute.MirroredStrategy`` or
+    ``MultiWorkerMirroredStrategy`` trains data-parallel: ``batch_size`` is the global
+    batch, split over the replicas, and the result equals single-device training with the
+    same ``batch_size`` and ``random_state`` up to float rounding. Multi-worker training
+    needs the same ``X`` on every worker.
+
     Examples
     --------
     >>> import numpy as np
@@ -68,7 +76,8 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         super().__init__(image_shape=image_shape, depth=depth, sum_channels=sum_channels,
                          n_components=n_components, leaf=leaf, kernel_size=kernel_size,
                          first_product=first_product, n_nonoverlapping=n_nonoverlapping,
-                         learning=learning, em_update=em_update, max_epochs=max_epochs, batch_size=batch_size,
+                         learning=learning, em_update=em_update, max_epochs=max_epochs,
+                         batch_size=batch_size,
                          learning_rate=learning_rate, tol=tol, standardize=standardize,
                          leaf_scale=leaf_scale, random_state=random_state, verbose=verbose)
         self.missing_values = missing_values

@@ -1,0 +1,163 @@
+"""Training under tf.distribute: the same model as on one device, and clean estimators.
+
+The suite splits the CPU into two logical devices (conftest.py), so a 2-replica
+``MirroredStrategy`` runs here. Each replica trains on its half of every global batch and
+the counts / gradients are summed across replicas; with the random draws keyed by each
+sample's index in the global batch, distributed training is single-device training up to
+float rounding (exactly, for hard-EM counts).
+"""
+
+import pickle
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from skspn import DGCSPNClassifier, DGCSPNDensityEstimator, DGCSPNImputer
+
+
+@pytest.fixture(scope="module")
+def strategy():
+    if len(tf.config.list_logical_devices("CPU")) < 2:
+        pytest.skip("needs 2 logical CPU devices (set up by conftest.pytest_configure)")
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+@pytest.fixture(scope="module")
+def digits_with_nan():
+    X = load_digits().data[:300].copy()
+    rng = np.random.default_rng(0)
+    X[rng.random(X.shape) < 0.1] = np.nan  # training on incomplete data, too
+    return X
+
+
+def _fit(estimator, *args, strategy=None, **kwargs):
+    if strategy is None:
+        return estimator.fit(*args, **kwargs)
+    with strategy.scope():
+        return estimator.fit(*args, **kwargs)
+
+
+def _replicas(estimator):
+    return estimator._learner.parallel.n_replicas
+
+
+GENERATIVE = dict(max_epochs=2, batch_size=64, sum_channels=8, tol=None, random_state=0)
+
+
+@pytest.mark.parametrize("learning,em_update", [
+    ("hard_em_unweighted", "epoch"), ("hard_em_unweighted", "online"), ("hard_em", "epoch"),
+    ("soft_em", "epoch"), ("gradient", "epoch")])
+def test_generative_training_matches_single_device(strategy, digits_with_nan, learning,
+                                                   em_update):
+    params = dict(GENERATIVE, learning=learning, em_update=em_update)
+    single = DGCSPNDensityEstimator(**params).fit(digits_with_nan)
+    mirrored = _fit(DGCSPNDensityEstimator(**params), digits_with_nan, strategy=strategy)
+    assert _replicas(single) == 1 and _replicas(mirrored) == 2
+    for a, b in zip(single.network_weights_, mirrored.network_weights_):
+        if learning.startswith("hard"):
+            # Counts of whole samples: sums of integers are exact in any order.
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(single.history_, mirrored.history_, rtol=1e-5)
+    assert single.history_[-1] != pytest.approx(single.history_[0])  # it did learn
+
+
+def test_partial_fit_matches_single_device_and_moves_between_strategies(strategy,
+                                                                        digits_with_nan):
+    X = digits_with_nan
+    single = DGCSPNDensityEstimator(**GENERATIVE)
+    mixed = DGCSPNDensityEstimator(**GENERATIVE)
+    for i, chunk in enumerate(np.array_split(X, 3)):
+        single.partial_fit(chunk)
+        if i == 1:  # the middle chunk on two replicas, the others on one device
+            with strategy.scope():
+                mixed.partial_fit(chunk)
+            assert _replicas(mixed) == 2
+        else:
+            mixed.partial_fit(chunk)
+            assert _replicas(mixed) == 1
+    for a, b in zip(single.network_weights_, mixed.network_weights_):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    X, y = load_digits(return_X_y=True)
+    return train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)
+
+
+def test_classifier_training_matches_single_device_with_dropout(strategy, digits_split):
+    X_train, X_test, y_train, _ = digits_split
+    params = dict(max_epochs=2, sum_channels=8, n_components=8, batch_size=64,
+                  product_dropout=0.2, input_dropout=0.2, random_state=0)
+    weight = np.linspace(0.5, 1.5, len(y_train))
+    single = DGCSPNClassifier(**params).fit(X_train, y_train, sample_weight=weight)
+    mirrored = _fit(DGCSPNClassifier(**params), X_train, y_train, sample_weight=weight,
+                    strategy=strategy)
+    assert _replicas(mirrored) == 2
+    # Adam divides by sqrt(v): float rounding of the all-reduce grows a little per step.
+    for a, b in zip(single.network_weights_, mirrored.network_weights_):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(single.history_["loss"], mirrored.history_["loss"], rtol=1e-4)
+    np.testing.assert_array_equal(single.predict(X_test), mirrored.predict(X_test))
+
+
+def test_classifier_digits_accuracy_on_two_replicas(strategy, digits_split):
+    """The suite's single-device accuracy bar (test_classifier.py), on two replicas."""
+    X_train, X_test, y_train, y_test = digits_split
+    clf = _fit(DGCSPNClassifier(max_epochs=20, random_state=0), X_train, y_train,
+               strategy=strategy)
+    assert _replicas(clf) == 2
+    assert clf.score(X_test, y_test) >= 0.95
+
+
+def test_batch_smaller_than_replicas(strategy, digits_with_nan):
+    X = digits_with_nan[:5]
+    params = dict(GENERATIVE, batch_size=1, max_epochs=1)
+    single = DGCSPNDensityEstimator(**params).fit(X)
+    mirrored = _fit(DGCSPNDensityEstimator(**params), X, strategy=strategy)
+    for a, b in zip(single.network_weights_, mirrored.network_weights_):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_pickle_has_no_strategy_and_loads_on_one_device(strategy, digits_split):
+    X_train, X_test, y_train, _ = digits_split
+    clf = _fit(DGCSPNClassifier(max_epochs=1, sum_channels=4, n_components=4,
+                                random_state=0), X_train, y_train, strategy=strategy)
+    expected = clf.predict_proba(X_test)
+    with strategy.scope():  # prediction inside the scope gives the same answers
+        np.testing.assert_allclose(clf.predict_proba(X_test), expected, rtol=1e-6)
+    blob = pickle.dumps(clf)
+    for marker in (b"Mirrored", b"distribute", b"tensorflow"):
+        assert marker not in blob
+    loaded = pickle.loads(blob)
+    assert getattr(loaded, "_strategy", None) is None
+    np.testing.assert_allclose(loaded.predict_proba(X_test), expected, rtol=1e-6)
+    # Warm-started training of the unpickled model runs on one device.
+    loaded.set_params(warm_start=True, max_epochs=1).fit(X_train, y_train)
+    assert _replicas(loaded) == 1
+
+
+def test_imputer_under_strategy(strategy, digits_with_nan):
+    X = digits_with_nan
+    with strategy.scope():
+        imputer = DGCSPNImputer(max_epochs=1, sum_channels=8, random_state=0).fit(X)
+        completed = imputer.transform(X)
+    assert _replicas(imputer) == 2
+    assert not np.isnan(completed).any()
+    observed = ~np.isnan(X)
+    np.testing.assert_array_equal(completed[observed], X[observed])
+
+
+def test_unsupported_strategy_is_refused(digits_with_nan):
+    central = getattr(tf.distribute.experimental, "CentralStorageStrategy", None)
+    if central is None:
+        pytest.skip("CentralStorageStrategy not available in this TensorFlow")
+    with central().scope():
+        with pytest.raises(ValueError, match="unsupported tf.distribute strategy "
+                                             "CentralStorageStrategy"):
+            DGCSPNDensityEstimator(**GENERATIVE).fit(digits_with_nan)
