@@ -85,11 +85,11 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
 
     Notes
     -----
-    Fitting inside ``with strategy.scope():`` of a ``tf.distribute.MirroredStrategy`` or
-    ``MultiWorkerMirroredStrategy`` trains data-parallel: ``batch_size`` is the global
-    batch, split over the replicas, and the result equals single-device training with the
-    same ``batch_size`` and ``random_state`` up to float rounding. Multi-worker training
-    needs the same ``X`` on every worker.
+    Fitted inside ``with strategy.scope():`` (``tf.distribute.MirroredStrategy`` or
+    ``MultiWorkerMirroredStrategy``), every replica takes its share of each global batch
+    of ``batch_size`` samples and the gradients are summed across replicas; dropout is
+    drawn per sample, so the fit is the single-device fit up to float rounding. Across
+    machines, every worker runs the same code on the same ``X`` and ``y``.
 
     Examples
     --------

@@ -397,11 +397,11 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
 
     Notes
     -----
-    Fitting inside ``with strategy.scope():`` of a ``tf.distribute.MirroredStrategy`` or
-    ``MultiWorkerMirroredStrategy`` trains data-parallel: ``batch_size`` is the global
-    batch, split over the replicas, and the result equals single-device training with the
-    same ``batch_size`` and ``random_state`` up to float rounding. Multi-worker training
-    needs the same ``X`` on every worker.
+    Data-parallel training: fit inside ``with strategy.scope():`` of a
+    ``tf.distribute.MirroredStrategy`` (devices) or ``MultiWorkerMirroredStrategy``
+    (machines; the same ``X`` on every worker). ``batch_size`` is then the global batch;
+    EM counts or gradients are summed over the replicas, which reproduces single-device
+    training (hard-EM counts exactly).
 
     Examples
     --------

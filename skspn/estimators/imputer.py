@@ -44,11 +44,8 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
 
     Notes
     -----
-    Fitting inside ``with strategy.scope():`` of a ``tf.distribute.MirroredStrategy`` or
-    ``MultiWorkerMirroredStrategy`` trains data-parallel: ``batch_size`` is the global
-    batch, split over the replicas, and the result equals single-device training with the
-    same ``batch_size`` and ``random_state`` up to float rounding. Multi-worker training
-    needs the same ``X`` on every worker.
+    Fitted inside a ``tf.distribute`` strategy's scope it trains data-parallel, as
+    ``DGCSPNDensityEstimator`` does (see its notes).
 
     Examples
     --------
