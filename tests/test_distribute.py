@@ -161,3 +161,12 @@ def test_unsupported_strategy_is_refused(digits_with_nan):
         with pytest.raises(ValueError, match="unsupported tf.distribute strategy "
                                              "CentralStorageStrategy"):
             DGCSPNDensityEstimator(**GENERATIVE).fit(digits_with_nan)
+
+
+def test_one_device_strategy(digits_with_nan):
+    params = dict(GENERATIVE, max_epochs=1)
+    single = DGCSPNDensityEstimator(**params).fit(digits_with_nan)
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        one = DGCSPNDensityEstimator(**params).fit(digits_with_nan)
+    for a, b in zip(single.network_weights_, one.network_weights_):
+        np.testing.assert_array_equal(a, b)
