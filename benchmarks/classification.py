@@ -39,7 +39,21 @@ Usage::
     SKSPN_DATA=/work/shared/data python benchmarks/classification.py --quick --jobs 2
     SKSPN_DATA=/path/to/data python benchmarks/classification.py --full
 
-Results go to ``benchmarks/results/classification_{quick|full}.json`` and ``.md``.
+Options for a long CPU run of the main model only (e.g. issue 4's "50 % missing" target)::
+
+    SKSPN_DATA=/work/shared/data python benchmarks/classification.py --quick --datasets mnist \
+        --main-only --n-train 60000 --n-test 5000 --input-dropout 0.5 --epochs 100 \
+        --time-budget-min 110 --missing-every-epoch \
+        --out benchmarks/results/classification_mnist_full_train
+
+``--main-only`` skips the extra input-dropout run, the learning-rate sweep and the
+shipped-init runs (the baselines run first); ``--input-dropout`` sets the main runs' input
+dropout; ``--missing-every-epoch`` measures the missing-pixel accuracies after every epoch;
+``--time-budget-min`` starts no new epoch that would not fit in the budget.
+
+Results go to ``benchmarks/results/classification_{quick|full}.json`` and ``.md`` (or
+``--out STEM`` + ``.json`` / ``.md``). With ``--jobs 1`` both files are rewritten after every
+task and every epoch (marked "in progress" until the end), so a stopped run keeps its numbers.
 """
 
 from __future__ import annotations
@@ -162,20 +176,57 @@ def _accuracy(clf, X, y):
     return float(np.mean(clf.predict(X) == y))
 
 
+def _missing_accuracies(clf, Xt, yt, cfg, clean=None):
+    """Accuracy with each fraction of ``MISSING`` test pixels set to NaN (marginalised);
+    ``clean`` (the accuracy on the untouched images) is reused for the 0 % entry."""
+    out = {}
+    for frac in MISSING:
+        t0 = time.time()
+        if frac == 0.0 and clean is not None:
+            acc = clean  # with_missing(Xt, 0) is Xt itself
+        else:
+            acc = _accuracy(clf, with_missing(Xt, frac, cfg["mask_seed"]), yt)
+        out[str(int(frac * 100))] = dict(accuracy=acc, seconds=time.time() - t0)
+    return out
+
+
 def train_dgcspn(dataset, cfg, *, label, lr, epochs, accumulator_std, input_dropout=0.2,
-                 missing=False, seed=0):
-    """Train with warm_start one epoch at a time; test accuracy after every epoch."""
+                 missing=False, seed=0, on_epoch=None):
+    """Train with warm_start one epoch at a time; test accuracy after every epoch.
+
+    With ``cfg["missing_every_epoch"]`` the missing-pixel accuracies are measured after every
+    epoch (not only after the last). With ``cfg["time_budget_min"]`` no new epoch is started
+    when the time spent since this run started plus the duration of the previous epoch
+    (training + evaluation) would exceed the budget. ``on_epoch(partial_result)`` is called
+    after every epoch (used to write the results files as the run goes)."""
     _quiet_tf()
     from skspn import DGCSPNClassifier
 
+    run_start = time.time()
+    budget_s = (cfg.get("time_budget_min") or 0) * 60 or None
+    every_epoch = missing and cfg.get("missing_every_epoch", False)
     X, y, Xt, yt = load(dataset, cfg["n_train"], cfg["n_test"], cfg["data_seed"])
     params = dict(ARCH, input_dropout=input_dropout, learning_rate=lr, max_epochs=1,
                   warm_start=True, random_state=seed)
     clf = DGCSPNClassifier(**params)
     original = _patch_accumulators(accumulator_std)
     epochs_out = []
+    out = dict(dataset=dataset, label=label, model="DGCSPNClassifier",
+               params={k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
+               accumulator_init_std=accumulator_std, epochs=epochs_out,
+               test_accuracy=None, n_train=len(X), n_test=len(Xt), epochs_requested=epochs,
+               time_budget_min=cfg.get("time_budget_min"),
+               stopped="running")
     try:
         for epoch in range(1, epochs + 1):
+            if budget_s and epochs_out:
+                last = epochs_out[-1]["fit_seconds"] + epochs_out[-1]["eval_seconds"]
+                if time.time() - run_start + last > budget_s:
+                    out["stopped"] = (f"time budget: {(time.time() - run_start) / 60:.1f} min "
+                                      f"spent, the next epoch (~{last / 60:.1f} min) would "
+                                      f"exceed {budget_s / 60:g} min")
+                    print(f"[{dataset} {label}] stop: {out['stopped']}", flush=True)
+                    break
             t0 = time.time()
             clf.fit(X, y)
             fit_s = time.time() - t0
@@ -184,32 +235,39 @@ def train_dgcspn(dataset, cfg, *, label, lr, epochs, accumulator_std, input_drop
                 original = None
             t0 = time.time()
             acc = _accuracy(clf, Xt, yt)
+            miss = _missing_accuracies(clf, Xt, yt, cfg, clean=acc) if every_epoch else None
             eval_s = time.time() - t0
             pred_classes = int(len(np.unique(clf.predict(Xt[:500]))))
             row = dict(epoch=epoch, test_accuracy=acc, loss=float(clf.history_["loss"][-1]),
-                       train_accuracy_2000=float(clf.history_["train_accuracy"][-1]),
+                       train_accuracy_500=float(clf.history_["train_accuracy"][-1]),
                        distinct_predicted_classes_500=pred_classes,
                        optimizer_steps=int(clf._learner.optimizer.iterations.numpy()),
-                       fit_seconds=fit_s, eval_seconds=eval_s)
+                       fit_seconds=fit_s, eval_seconds=eval_s,
+                       elapsed_minutes=(time.time() - run_start) / 60,
+                       load_avg=[round(x, 2) for x in os.getloadavg()])
+            if miss is not None:
+                row["missing"] = miss
             epochs_out.append(row)
+            out["test_accuracy"] = acc
+            extra = ("" if miss is None else " missing 25/50/75: " + " / ".join(
+                f"{miss[k]['accuracy']:.4f}" for k in ("25", "50", "75")))
             print(f"[{dataset} {label}] epoch {epoch}/{epochs} test={acc:.4f} "
                   f"loss={row['loss']:.4f} classes={pred_classes} fit={fit_s:.0f}s "
-                  f"eval={eval_s:.0f}s", flush=True)
+                  f"eval={eval_s:.0f}s elapsed={row['elapsed_minutes']:.1f}min{extra}",
+                  flush=True)
+            if on_epoch is not None:
+                on_epoch(dict(out, missing=miss))
+        else:
+            out["stopped"] = f"all {epochs} requested epochs done"
     finally:
         _unpatch(original)
-    out = dict(dataset=dataset, label=label, model="DGCSPNClassifier",
-               params={k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
-               accumulator_init_std=accumulator_std, epochs=epochs_out,
-               test_accuracy=epochs_out[-1]["test_accuracy"],
-               n_train=len(X), n_test=len(Xt))
     if missing:
-        out["missing"] = {}
-        for frac in MISSING:
-            t0 = time.time()
-            acc = _accuracy(clf, with_missing(Xt, frac, cfg["mask_seed"]), yt)
-            out["missing"][str(int(frac * 100))] = dict(accuracy=acc,
-                                                        seconds=time.time() - t0)
-            print(f"[{dataset} {label}] {int(frac * 100)}% missing: {acc:.4f}", flush=True)
+        if every_epoch:
+            out["missing"] = epochs_out[-1]["missing"] if epochs_out else None
+        else:
+            out["missing"] = _missing_accuracies(clf, Xt, yt, cfg)
+            for frac, m in out["missing"].items():
+                print(f"[{dataset} {label}] {frac}% missing: {m['accuracy']:.4f}", flush=True)
     return out
 
 
@@ -296,14 +354,27 @@ def run_task(task):
     return kind, kwargs.get("dataset"), kwargs.get("label"), result, time.time() - t0
 
 
-def make_tasks(cfg, datasets, acc_std, shipped_std):
+def make_tasks(cfg, datasets, acc_std, shipped_std, main_only=False):
+    """The runs. ``main_only``: the warm_start check, the baselines, then only the main
+    DGC-SPN run per dataset (no extra input-dropout run, learning-rate sweep or shipped-init
+    runs); the baselines go first so that a run stopped early still has them."""
     shipped = "shipped init N(0, %g^2)" % shipped_std
     fix = "init N(0, %g^2)" % acc_std if acc_std is not None else shipped
+    main_dropout = cfg.get("input_dropout", ARCH["input_dropout"])
+    main_suffix = ("" if main_dropout == ARCH["input_dropout"]
+                   else f", input_dropout {main_dropout:g}")
     tasks = []
+    if main_only:
+        tasks.append(("warm_start", {}))
+        tasks.extend(("baselines", dict(dataset=ds, cfg=cfg)) for ds in datasets)
     for ds in datasets:
-        tasks.append(("dgcspn", dict(dataset=ds, cfg=cfg, label=f"{fix}, lr {cfg['main_lr']:g}",
+        tasks.append(("dgcspn", dict(dataset=ds, cfg=cfg,
+                                     label=f"{fix}, lr {cfg['main_lr']:g}{main_suffix}",
                                      lr=cfg["main_lr"], epochs=cfg["epochs"],
-                                     accumulator_std=acc_std, missing=True)))
+                                     accumulator_std=acc_std, input_dropout=main_dropout,
+                                     missing=True)))
+    if main_only:
+        return tasks
     if "mnist" in datasets:
         tasks.append(("dgcspn", dict(dataset="mnist", cfg=cfg,
                                      label=f"{fix}, lr {cfg['main_lr']:g}, input_dropout "
@@ -357,23 +428,44 @@ def write_markdown(report, path):
     runs = report["dgcspn_runs"]
     base = report["baselines"]
     L = []
-    L.append(f"# Classification benchmark ({report['mode']})\n")
-    L.append(f"Generated by `benchmarks/classification.py --{report['mode']}` on "
+    overridden = report.get("overrides")
+    L.append(f"# Classification benchmark ({report['mode']}"
+             f"{' mode, settings overridden' if overridden else ''})\n")
+    command = report.get("command") or f"benchmarks/classification.py --{report['mode']}"
+    status = report.get("status", "complete")
+    L.append(f"Generated by `{command}` on "
              f"{report['started']} ({report['versions']['platform']}, "
              f"{report['versions']['cpu_count']} CPUs, TensorFlow "
              f"{report['versions']['tensorflow']}, scikit-learn "
              f"{report['versions']['scikit_learn']}, skspn {report['versions']['skspn']} at "
-             f"{(report['versions']['git_commit'] or '?')[:10]}). Total wall time "
+             f"{(report['versions']['git_commit'] or '?')[:10]}). "
+             f"{'Total wall time' if status == 'complete' else 'Wall time so far'} "
              f"{report['wall_seconds'] / 60:.1f} min with {report['jobs']} parallel job(s); "
-             f"the CPU was shared with other jobs (load average {report['load_start']} at the "
-             f"start, {report['load_end']} at the end), so all timings are noisy.\n")
-    n_train = cfg["n_train"] or "all (60000)"
-    n_test = cfg["n_test"] or "all (10000)"
-    L.append(f"Training images: {n_train} (random subset, seed {cfg['data_seed']}); test images: "
-             f"{n_test} (random subset of the standard test set, seed {cfg['data_seed']}); "
-             f"every method sees the same images. Architecture: `depth=6, "
-             f"n_nonoverlapping=2`, 32 components, sums 64,64,64,128,128, product/input "
-             f"dropout 0.2/0.2, batch 64, `standardize='sample'`, `random_state=0`.\n")
+             f"the 1/5/15-minute load averages were {report['load_start']} at the start and "
+             f"{report['load_end']} {'at the end' if status == 'complete' else 'now'} (the "
+             f"benchmark itself accounts for about 1-2 of it; more means other jobs shared "
+             f"the CPU), so all timings are noisy.\n")
+    if status != "complete":
+        L.append(f"**Status: {status}.** This file is rewritten after every epoch; the numbers "
+                 f"below are those of the epochs finished so far.\n")
+    n_train = cfg["n_train"] or 60000
+    n_test = cfg["n_test"] or 10000
+    train_txt = (f"all {n_train}" if n_train >= 60000 else
+                 f"{n_train} (random subset, seed {cfg['data_seed']})")
+    test_txt = (f"all {n_test}" if n_test >= 10000 else
+                f"{n_test} (random subset of the standard test set, seed {cfg['data_seed']})")
+    dropout = cfg.get("input_dropout", ARCH["input_dropout"])
+    L.append(f"Training images: {train_txt}; test images: {test_txt}; every method sees the "
+             f"same images. Architecture: `depth=6, n_nonoverlapping=2`, 32 components, sums "
+             f"64,64,64,128,128, product/input dropout 0.2/{dropout:g} (runs labelled "
+             f"otherwise differ), batch 64, `standardize='sample'`, `random_state=0`.\n")
+    if cfg.get("time_budget_min"):
+        L.append(f"Time budget: {cfg['time_budget_min']:g} min per DGC-SPN run, counted from "
+                 f"the start of the run (baselines not included); no new epoch is started when "
+                 f"the time spent plus the duration of the previous epoch (training + "
+                 f"evaluation) would exceed it. Why each run stopped: " + "; ".join(
+                     f"{r['dataset']} {r['label']}: {r.get('stopped', '?')}" for r in runs)
+                 + ".\n")
     L.append("## Accuracy (%)\n")
     L.append("| dataset | model | train images | epochs | test accuracy |")
     L.append("|---|---|---|---|---|")
@@ -390,11 +482,12 @@ def write_markdown(report, path):
             L.append(f"| {ds} | {name}: quoted from Table 2, not run here | 60000 | 400 | "
                      f"{acc:.2f} |")
     L.append("")
+    runs = [r for r in runs if r["epochs"]]
+    width = max((len(r["epochs"]) for r in runs), default=0)
     L.append("## Test accuracy (%) after each epoch\n")
-    L.append("| dataset | run | " + " | ".join(f"ep {i}" for i in range(1, max(
-        len(r["epochs"]) for r in runs) + 1)) + " | s / epoch (train) | Adam steps / epoch |")
-    L.append("|---|---|" + "---|" * max(len(r["epochs"]) for r in runs) + "---|---|")
-    width = max(len(r["epochs"]) for r in runs)
+    L.append("| dataset | run | " + " | ".join(f"ep {i}" for i in range(1, width + 1))
+             + " | s / epoch (train) | Adam steps / epoch |")
+    L.append("|---|---|" + "---|" * width + "---|---|")
     for r in runs:
         accs = [_pct(e["test_accuracy"]) for e in r["epochs"]] + [""] * (width - len(r["epochs"]))
         sec = np.mean([e["fit_seconds"] for e in r["epochs"][1:]] or
@@ -403,11 +496,26 @@ def write_markdown(report, path):
         L.append(f"| {r['dataset']} | {r['label']} | " + " | ".join(accs) +
                  f" | {sec:.0f} | {steps} |")
     L.append("\nSeconds per epoch exclude the first epoch (tracing) when there are several; "
-             "they include the classifier's own 2000-image training-accuracy check.\n")
-    L.append("## Accuracy after epoch 1 by learning rate (MNIST)\n")
-    L.append("| initial sum log-weights | lr 1e-4 (paper) | lr 1e-3 (reference code) | "
-             "lr 1e-2 (skspn default) |")
-    L.append("|---|---|---|---|")
+             "they include the classifier's own 500-image training-accuracy check.\n")
+    per_epoch = [r for r in runs if "missing" in r["epochs"][0]]
+    if per_epoch:
+        L.append("## Missing test pixels after each epoch: accuracy (%)\n")
+        L.append("Same fixed masks as in the missing-pixel table below (NaN marginalised). "
+                 "'train s' is the epoch's training time, 'eval s' the time for the four "
+                 "test evaluations, 'elapsed' the minutes since the run started, 'load' the "
+                 "1-minute load average after the epoch.\n")
+        L.append("| dataset | run | epoch | " + " | ".join(f"{int(f * 100)} %" for f in MISSING)
+                 + " | loss | train s | eval s | elapsed (min) | load |")
+        L.append("|---|---|---|" + "---|" * len(MISSING) + "---|---|---|---|---|")
+        for r in per_epoch:
+            for e in r["epochs"]:
+                L.append(f"| {r['dataset']} | {r['label']} | {e['epoch']} | " + " | ".join(
+                    _pct(e["missing"][str(int(f * 100))]["accuracy"]) for f in MISSING)
+                    + f" | {e['loss']:.3f} | {e['fit_seconds']:.0f} | {e['eval_seconds']:.0f}"
+                    f" | {e.get('elapsed_minutes', float('nan')):.1f} | "
+                    f"{e.get('load_avg', ['-'])[0]} |")
+        L.append("")
+    lr_rows = []
     for init in sorted({r["label"].split(", lr")[0] for r in runs if r["dataset"] == "mnist"}):
         cells = []
         for lr in cfg["lrs"]:
@@ -419,9 +527,16 @@ def write_markdown(report, path):
                              f"{e['distinct_predicted_classes_500']} classes predicted)")
             else:
                 cells.append("-")
-        L.append(f"| {init} | " + " | ".join(cells) + " |")
-    L.append("\n'classes predicted': distinct predicted labels on 500 test images; 1 means "
-             "the collapse (every image gets the same class).\n")
+        if any(c != "-" for c in cells):
+            lr_rows.append(f"| {init} | " + " | ".join(cells) + " |")
+    if lr_rows:
+        L.append("## Accuracy after epoch 1 by learning rate (MNIST)\n")
+        L.append("| initial sum log-weights | lr 1e-4 (paper) | lr 1e-3 (reference code) | "
+                 "lr 1e-2 (skspn default) |")
+        L.append("|---|---|---|---|")
+        L.extend(lr_rows)
+        L.append("\n'classes predicted': distinct predicted labels on 500 test images; 1 "
+                 "means the collapse (every image gets the same class).\n")
     L.append("## Missing test pixels (MCAR, fixed mask per fraction, same for all methods): "
              "accuracy (%)\n")
     L.append("| dataset | model | " + " | ".join(f"{int(f * 100)} %" for f in MISSING) + " |")
@@ -429,7 +544,8 @@ def write_markdown(report, path):
     for ds in report["datasets"]:
         for r in runs + base:
             if r["dataset"] == ds and r.get("missing"):
-                name = ("DGC-SPN (NaN marginalised), " + r["label"]
+                name = ("DGC-SPN (NaN marginalised), " + r["label"] +
+                        f", after epoch {len(r['epochs'])}"
                         if r["model"] == "DGCSPNClassifier" else r["label"])
                 L.append(f"| {ds} | {name} (train {r['n_train']}) | " + " | ".join(
                     _pct(r["missing"][str(int(f * 100))]["accuracy"]) for f in MISSING) + " |")
@@ -465,6 +581,20 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--mask-seed", type=int, default=1234)
+    p.add_argument("--input-dropout", type=float,
+                   help="input dropout of the main DGC-SPN runs (default %g)"
+                   % ARCH["input_dropout"])
+    p.add_argument("--main-only", action="store_true",
+                   help="only the main DGC-SPN run per dataset, the baselines (run first) and "
+                        "the warm_start check: no extra input-dropout run, learning-rate "
+                        "sweep or shipped-init runs")
+    p.add_argument("--missing-every-epoch", action="store_true",
+                   help="accuracy with 0/25/50/75 %% missing test pixels after every epoch "
+                        "of the main runs (default: after the last epoch only)")
+    p.add_argument("--time-budget-min", type=float,
+                   help="per DGC-SPN run: start no new epoch when the minutes spent since the "
+                        "run started plus the previous epoch's duration would exceed this "
+                        "(--epochs stays the maximum)")
     p.add_argument("--out", default=None, help="output stem (default results/classification_MODE)")
     p.add_argument("--markdown-only", action="store_true",
                    help="rewrite the .md from the existing .json without running anything")
@@ -475,9 +605,14 @@ def main(argv=None):
         return 0
     mode = "quick" if args.quick else "full"
     cfg = dict(MODES[mode], data_seed=args.data_seed, mask_seed=args.mask_seed)
-    for key in ("n_train", "n_test", "epochs", "main_lr"):
+    overrides = {}
+    for key in ("n_train", "n_test", "epochs", "main_lr", "input_dropout", "time_budget_min"):
         if getattr(args, key) is not None:
-            cfg[key] = getattr(args, key)
+            cfg[key] = overrides[key] = getattr(args, key)
+    if args.missing_every_epoch:
+        cfg["missing_every_epoch"] = overrides["missing_every_epoch"] = True
+    if args.main_only:
+        overrides["main_only"] = True
     acc_std = None if args.accumulator_std.lower() == "none" else float(args.accumulator_std)
     os.environ.setdefault("SKSPN_DATA", "/work/shared/data")
     _quiet_tf()
@@ -485,37 +620,62 @@ def main(argv=None):
     load_start = [round(x, 2) for x in os.getloadavg()]
     t0 = time.time()
     shipped_std = shipped_accumulator_std()
-    tasks = make_tasks(cfg, args.datasets, acc_std, shipped_std)
+    tasks = make_tasks(cfg, args.datasets, acc_std, shipped_std, main_only=args.main_only)
+    stem = Path(args.out) if args.out else RESULTS / f"classification_{mode}"
+    meta = dict(mode=mode, command=" ".join(["benchmarks/classification.py"] + sys.argv[1:]
+                                            if argv is None else
+                                            ["benchmarks/classification.py"] + list(argv)),
+                overrides=overrides, started=started, jobs=args.jobs, load_start=load_start,
+                datasets=args.datasets,
+                settings=dict(cfg, architecture={k: (list(v) if isinstance(v, tuple) else v)
+                                                 for k, v in ARCH.items()},
+                              accumulator_init_std=acc_std,
+                              shipped_accumulator_init_std=shipped_std,
+                              missing_fractions=list(MISSING),
+                              lrs=list(cfg["lrs"])),
+                versions=versions(), paper_table2=PAPER,
+                issue_reference_missing=ISSUE_REFERENCE_MISSING)
+
+    def build(results, status, running=None):
+        report = dict(meta, status=status, wall_seconds=time.time() - t0,
+                      load_end=[round(x, 2) for x in os.getloadavg()],
+                      dgcspn_runs=[], baselines=[], task_seconds=[])
+        for kind, ds, label, result, seconds in results:
+            report["task_seconds"].append(dict(kind=kind, dataset=ds, label=label,
+                                               seconds=seconds))
+            if kind == "dgcspn":
+                report["dgcspn_runs"].append(result)
+            elif kind == "baselines":
+                report["baselines"].extend(result)
+            else:
+                report["warm_start_check"] = result
+        if running is not None:
+            report["dgcspn_runs"].append(running)
+        return report
+
+    def write(report):
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
+        write_markdown(report, stem.with_suffix(".md"))
+
     results = []
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
             results = list(pool.map(run_task, tasks))
     else:
-        results = [run_task(t) for t in tasks]
-    report = dict(mode=mode, started=started, wall_seconds=time.time() - t0, jobs=args.jobs,
-                  load_start=load_start, load_end=[round(x, 2) for x in os.getloadavg()],
-                  datasets=args.datasets,
-                  settings=dict(cfg, architecture={k: (list(v) if isinstance(v, tuple) else v)
-                                                   for k, v in ARCH.items()},
-                                accumulator_init_std=acc_std,
-                                shipped_accumulator_init_std=shipped_std,
-                                missing_fractions=list(MISSING),
-                                lrs=list(cfg["lrs"])),
-                  versions=versions(), paper_table2=PAPER,
-                  issue_reference_missing=ISSUE_REFERENCE_MISSING,
-                  dgcspn_runs=[], baselines=[], task_seconds=[])
-    for kind, ds, label, result, seconds in results:
-        report["task_seconds"].append(dict(kind=kind, dataset=ds, label=label, seconds=seconds))
-        if kind == "dgcspn":
-            report["dgcspn_runs"].append(result)
-        elif kind == "baselines":
-            report["baselines"].extend(result)
-        else:
-            report["warm_start_check"] = result
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = Path(args.out) if args.out else RESULTS / f"classification_{mode}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
-    write_markdown(report, stem.with_suffix(".md"))
+        # One process: the results files are rewritten after every task and every epoch,
+        # so a run stopped early still leaves its numbers.
+        for i, (kind, kwargs) in enumerate(tasks):
+            status = f"in progress (task {i + 1} of {len(tasks)}: {kind})"
+            if kind == "dgcspn":
+                done = list(results)
+                kwargs = dict(kwargs, on_epoch=lambda run, done=done, status=status:
+                              write(build(done, status, running=run)))
+            results.append(run_task((kind, kwargs)))
+            if i + 1 < len(tasks):
+                write(build(results, f"in progress ({i + 1} of {len(tasks)} tasks done)"))
+    report = build(results, "complete")
+    write(report)
     print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')} "
           f"({report['wall_seconds'] / 60:.1f} min)")
 
