@@ -332,8 +332,8 @@ def check_warm_start():
     steps_1 = int(b._learner.optimizer.iterations.numpy())
     b.fit(X, y)
     steps_2 = int(b._learner.optimizer.iterations.numpy())
-    diff = max(float(np.max(np.abs(u - v))) for u, v in zip(a.network_weights_,
-                                                              b.network_weights_))
+    diff = max(float(np.max(np.abs(u - v)))
+               for u, v in zip(a.network_weights_, b.network_weights_))
     out = dict(adam_steps_after_fit_1=steps_1, adam_steps_after_fit_2=steps_2,
                adam_steps_one_fit_of_2_epochs=int(a._learner.optimizer.iterations.numpy()),
                max_abs_weight_difference=diff, history_len=len(b.history_["loss"]),
@@ -600,7 +600,8 @@ def main(argv=None):
                    help="rewrite the .md from the existing .json without running anything")
     args = p.parse_args(argv)
     if args.markdown_only:
-        stem = Path(args.out) if args.out else RESULTS / f"classification_{'quick' if args.quick else 'full'}"
+        mode = "quick" if args.quick else "full"
+        stem = Path(args.out) if args.out else RESULTS / f"classification_{mode}"
         write_markdown(json.loads(stem.with_suffix(".json").read_text()), stem.with_suffix(".md"))
         return 0
     mode = "quick" if args.quick else "full"
