@@ -15,6 +15,8 @@ program on the same data) and no ``tf.data`` pipeline is needed.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import tensorflow as tf
 
@@ -32,13 +34,17 @@ def current_strategy():
     """
     if not tf.distribute.has_strategy():
         return None
-    if tf.distribute.in_cross_replica_context():
-        strategy = tf.distribute.get_strategy()
-    else:
+    if not tf.distribute.in_cross_replica_context():
         raise ValueError("skspn training cannot be started inside strategy.run; call it in "
                          "the strategy's scope (with strategy.scope(): ...)")
+    strategy = tf.distribute.get_strategy()
     check_strategy(strategy)
     return strategy
+
+
+def scope(strategy):
+    """Context in which variables are created: mirrored under ``strategy``, plain without."""
+    return contextlib.nullcontext() if strategy is None else strategy.scope()
 
 
 def check_strategy(strategy):
@@ -114,11 +120,7 @@ class DataParallel:
 
     def scope(self):
         """Context in which variables are created (mirrored under a strategy)."""
-        if self.strategy is None:
-            import contextlib
-
-            return contextlib.nullcontext()
-        return self.strategy.scope()
+        return scope(self.strategy)
 
     def check_variables(self, variables):
         """Raise if ``variables`` were not created in the strategy's scope."""

@@ -8,7 +8,6 @@ first use after unpickling).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
@@ -267,8 +266,17 @@ class BaseDGCSPN(BaseEstimator):
                 self._rng = np.random.RandomState(int(table[0, 3]))
 
     def _distribution_scope(self):
-        strategy = getattr(self, "_strategy", None)
-        return contextlib.nullcontext() if strategy is None else strategy.scope()
+        from ..core.distribute import scope
+
+        return scope(getattr(self, "_strategy", None))
+
+    def _rebuild_network(self, strategy):
+        """The network from the fitted weights, under ``strategy``; ops and learner reset."""
+        self._strategy = strategy
+        with self._distribution_scope():
+            self._network = self._make_network()
+            self._network.set_weights(self.network_weights_)
+        self._ops, self._learner = None, None
 
     def _training_runtime(self, **learner_kwargs):
         """Network and learner to continue training (warm start, ``partial_fit``).
@@ -285,11 +293,7 @@ class BaseDGCSPN(BaseEstimator):
             learner = getattr(self, "_learner", None)
             if learner is not None and hasattr(learner, "optimizer"):
                 self._optimizer_state = learner.optimizer.get_state()
-            self._strategy = strategy
-            with self._distribution_scope():
-                self._network = self._make_network()
-                self._network.set_weights(self.network_weights_)
-            self._ops, self._learner = None, None
+            self._rebuild_network(strategy)
         if getattr(self, "_learner", None) is None:
             self._learner = self._make_learner(**learner_kwargs)
         return self._learner
@@ -319,11 +323,7 @@ class BaseDGCSPN(BaseEstimator):
     def _runtime(self):
         """The TensorFlow network of a fitted (or unpickled) estimator, built on demand."""
         if getattr(self, "_network", None) is None:
-            self._strategy = None
-            self._network = self._make_network()
-            self._network.set_weights(self.network_weights_)
-            self._ops = None
-            self._learner = None
+            self._rebuild_network(None)
         return self._network
 
     def _make_ops(self):
