@@ -211,8 +211,9 @@ def sums(out=None, log=print, jit_options=(False, True)):
 
 # ----------------------------------------------------------------------------- 3. routing
 def _route_current(x, g, seed):
-    from skspn.core.sums import _route_unweighted
-    return _route_unweighted(x, g, seed)
+    from skspn.core.sums import route, routing_keys
+    keys = routing_keys("hard_unweighted", seed, None, tf.shape(x)[1])
+    return route(x, None, g, keys, "hard_unweighted")
 
 
 def _route_first_max(x, g, seed):

@@ -691,3 +691,54 @@ def test_keyed_draws_depend_only_on_seed_and_sample_index():
     grid = u.reshape(500, 40)
     assert abs(np.corrcoef(grid[:-1].ravel(), grid[1:].ravel())[0, 1]) < 0.03
     assert abs(np.corrcoef(grid[:, :-1].ravel(), grid[:, 1:].ravel())[0, 1]) < 0.03
+
+
+# --------------------------------------------------------------------------- 9. fused layers
+
+FUSED_CASES = {
+    "3x3-onehot": {},
+    "1x5-onehot-stride2": {},  # interleave backward
+    "3x3-onehot-subset": {},  # a one-hot channel subset (computed in log space, then scaled)
+    "3x3-shared": {},
+    "3x3-onehot-shared": dict(name="3x3-onehot", shared=True),
+    "3x3-counts": {},
+}
+
+
+@pytest.mark.parametrize("xla", [False, True])
+@pytest.mark.parametrize("case", list(FUSED_CASES))
+def test_fused_product_sum_equals_separate_layers(case, xla, monkeypatch):
+    """A product and the sum after it run as one op (``product_sum``, the default) or
+    apart (``fuse_products = False``): every query gives the same answer. The brute-force
+    tests above run the fused path; this keeps the separate one honest too. ``xla``: the
+    fused op compiled by XLA, as for large layers (``XLA_MIN_CELLS``)."""
+    from skspn.core import products
+
+    if xla:
+        monkeypatch.setattr(products, "XLA_MIN_CELLS", 0)
+    over = dict(FUSED_CASES[case])
+    net = build(over.pop("name", case), seed=31, **over)
+    assert any(p.scalable for p in net.products[:len(net.sums)])
+    rng = np.random.default_rng(32)
+    shape = net.spatial_shape
+    x = np.concatenate([rng.integers(0, 2, size=(5,) + shape).astype(np.float64),
+                        random_evidence(shape, 4, rng), np.full((1,) + shape, np.nan)])
+    xt, seed = to_tf(x), tf.constant([3, 4], tf.int64)
+
+    def queries():
+        out = {"ll": net.log_likelihood(xt), "max": net.forward(xt, routing="max")[1]}
+        for routing in ("soft", "max", "sample"):
+            out["leaf_" + routing] = net.leaf_signal(xt, routing, seed)[0]
+        for routing in ("soft", "hard", "hard_unweighted"):
+            counts, _ = net.em_counts(xt, routing, seed)
+            out.update({f"{routing}_{i}": c for i, c in enumerate(counts)})
+        return {k: v.numpy() for k, v in out.items()}
+
+    fused = queries()
+    net.fuse_products = False
+    separate = queries()
+    for key, value in fused.items():
+        if key.startswith(("ll", "max", "leaf_soft", "soft")):
+            np.testing.assert_allclose(value, separate[key], rtol=1e-4, atol=1e-5, err_msg=key)
+        else:  # hard choices: identical (no near-ties with generic weights)
+            np.testing.assert_array_equal(value, separate[key], err_msg=key)

@@ -84,38 +84,73 @@ def _weighted_scores(x, log_w):
     return x[:, :, :, None] + log_w[:, None, :, :]
 
 
-def _route_weighted(x, log_w, g, keys, gumbel):
-    """Route the signal ``g`` ``[N, B, C_out]`` to the weighted argmax child (or a
-    Gumbel-max draw).
+def choose(scores, log_w, g, keys, routing):
+    """The child that receives each (cell, sample)'s signal under a hard or sampling routing.
 
     In a valid SPN a hard (or sampled) induced tree reaches each cell through at most
     one of its sums: two parents of the same cell lie in the same layer with overlapping
     scopes, so they cannot both be in a tree whose products have disjoint children.
     Hence per (cell, sample) only the channel ``o*`` carrying the signal needs its argmax,
-    which costs ``[N, B, C_in]`` instead of ``[N, B, C_in, C_out]``.
+    which costs ``[N, B, C_in]`` instead of ``[N, B, C_in, C_out]``. Arguments as ``route``.
+
+    Returns
+    -------
+    sel : Tensor ``[N, B]`` of int32
+        The chosen child.
+    signal : Tensor ``[N, B, 1]``
+        The signal it receives.
     """
-    active = tf.argmax(g, axis=-1, output_type=tf.int32)  # [N, B]: the channel o*
-    signal = tf.reduce_sum(g, axis=-1, keepdims=True)  # [N, B, 1]
-    w_t = tf.transpose(log_w, [0, 2, 1])  # [N, C_out, C_in]
-    w_active = tf.gather(w_t, active, axis=1, batch_dims=1)  # [N, B, C_in]
-    z = x + w_active
-    if gumbel:
+    signal = tf.reduce_sum(g, axis=-1, keepdims=True)
+    z = scores
+    if routing != "hard_unweighted":  # weighted: the children's weights into o*
+        active = tf.argmax(g, axis=-1, output_type=tf.int32)  # [N, B]
+        w_t = tf.transpose(log_w, [0, 2, 1])  # [N, C_out, C_in]
+        z = z + tf.gather(w_t, active, axis=1, batch_dims=1)  # [N, B, C_in]
+    if routing == "sample":  # Gumbel-max draw
         u = keyed_random.uniform(keys, tf.shape(z), 1)
-        sel = tf.argmax(z - tf.math.log(-tf.math.log(u)), axis=-1, output_type=tf.int32)
-    else:
-        sel = _random_argmax(z, 2, keys)  # [N, B]
-    onehot = tf.one_hot(sel, tf.shape(x)[-1], dtype=x.dtype)  # [N, B, C_in]
-    dx = onehot * signal
+        return tf.argmax(z - tf.math.log(-tf.math.log(u)), axis=-1, output_type=tf.int32), signal
+    return _random_argmax(z, 2, keys), signal
+
+
+def route(scores, log_w, g, keys, routing):
+    """Backward pass of the hard and sampling routings: where the signal ``g`` goes.
+
+    Parameters
+    ----------
+    scores : Tensor ``[N, B, C_in]``
+        The children's log-values, or those values minus any per-(cell, sample) constant
+        (the choices only compare the children of one sum).
+    log_w : Tensor ``[N, C_in, C_out]``
+        Normalised log-weights (broadcast over cells if shared).
+    g : Tensor ``[N, B, C_out]``
+        Incoming signal.
+    keys : Tensor ``[B]``
+        Per-sample keys of the random tie-breaks and draws (``keyed_random``).
+    routing : {'hard', 'hard_unweighted', 'sample', 'max'}
+
+    Returns
+    -------
+    dx : Tensor ``[N, B, C_in]``
+        Signal reaching each child.
+    dlw : Tensor ``[N, C_in, C_out]``
+        Signal per weight: the counts.
+    """
+    sel, signal = choose(scores, log_w, g, keys, routing)
+    onehot = tf.one_hot(sel, tf.shape(scores)[-1], dtype=scores.dtype)  # [N, B, C_in]
     # Counts: the signal of channel o* goes to (sel, o*).
-    dlw = tf.matmul(onehot, g, transpose_a=True)  # [N, C_in, C_out]
-    return dx, dlw
+    return onehot * signal, tf.matmul(onehot, g, transpose_a=True)
 
 
-def _route_unweighted(x, g, keys):
-    sel = _random_argmax(x, 2, keys)  # [N, B]
-    onehot = tf.one_hot(sel, tf.shape(x)[-1], dtype=x.dtype)  # [N, B, C_in]
-    dx = onehot * tf.reduce_sum(g, axis=-1, keepdims=True)
-    dlw = tf.matmul(onehot, g, transpose_a=True)  # [N, C_in, C_out]
+def soft_route(p, w, s, g):
+    """Backward pass of the soft routing (the true gradient) of ``log(p @ w) + m``.
+
+    ``p`` ``[N, B, C_in]`` are the children's scaled exponentials, ``w`` the weights,
+    ``s = p @ w``; returns ``(dx, dlw)`` as ``route``: the signal split by the child
+    posteriors ``p_i w_io / s_o`` and its total per weight (expected counts).
+    """
+    r = g / s
+    dx = p * tf.matmul(r, w, transpose_b=True)
+    dlw = w * tf.matmul(p, r, transpose_a=True)
     return dx, dlw
 
 
@@ -142,13 +177,7 @@ def routed_sum(x, log_w, routing="gradient", seed=None, sample_index=None):
     """
     if routing in ("gradient", "soft"):
         return log_matmul_exp(x, log_w)
-    if routing not in ROUTINGS:
-        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
-    if seed is None:
-        seed = tf.constant([0, 0], tf.int64)
-    if sample_index is None:
-        sample_index = tf.range(tf.shape(x)[1])
-    keys = keyed_random.sample_keys(seed, sample_index)
+    keys = routing_keys(routing, seed, sample_index, tf.shape(x)[1])
     shared = log_w.shape[0] == 1 and x.shape[0] != 1
 
     @tf.custom_gradient
@@ -160,10 +189,7 @@ def routed_sum(x, log_w, routing="gradient", seed=None, sample_index=None):
             out = log_matmul_exp(x, log_w)
 
         def grad(g):
-            if routing == "hard_unweighted":
-                dx, dlw = _route_unweighted(x, g, keys)
-            else:
-                dx, dlw = _route_weighted(x, lw, g, keys, gumbel=routing == "sample")
+            dx, dlw = route(x, lw, g, keys, routing)
             if shared:
                 dlw = tf.reduce_sum(dlw, axis=0, keepdims=True)
             return dx, dlw
@@ -171,6 +197,17 @@ def routed_sum(x, log_w, routing="gradient", seed=None, sample_index=None):
         return out, grad
 
     return op(x, log_w)
+
+
+def routing_keys(routing, seed, sample_index, batch):
+    """Validate ``routing`` and return the per-sample keys of its random draws ``[B]``."""
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+    if seed is None:
+        seed = tf.constant([0, 0], tf.int64)
+    if sample_index is None:
+        sample_index = tf.range(batch)
+    return keyed_random.sample_keys(seed, sample_index)
 
 
 class SpatialSum(tf.Module):
