@@ -58,8 +58,10 @@ class DGCSPN(tf.Module):
     Attributes
     ----------
     fuse_products : bool
-        Run a one-hot product of all channel combinations and the sum after it as one op
-        (``product_sum``; same results, faster). Default True; False runs them apart.
+        Run each large product (``products.XLA_MIN_CELLS``) and the sum after it as one
+        compiled op (``product_sum``; same results, faster). Default True; False runs
+        them apart. Small layers always run apart: on 8 x 8 images the fused op's extra
+        tracing and compilation cost more than it saves.
     """
 
     fuse_products = True
@@ -173,8 +175,8 @@ class DGCSPN(tf.Module):
             keep = keep_mask(tf.shape(x)[:3], 1000, input_dropout)
             x = tf.where(keep[..., None], x, tf.zeros_like(x))
         for i, product in enumerate(self.products):
-            if (self.fuse_products and product.scalable and i < len(self.sums)
-                    and product_dropout == 0.0):
+            if (self.fuse_products and product.scalable and product.compile_large
+                    and i < len(self.sums) and product_dropout == 0.0):
                 x = product_sum(product, self.sums[i], x, log_weights[i], routing,
                                 layer_seed(i), sample_index)
                 continue
