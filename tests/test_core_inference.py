@@ -696,12 +696,10 @@ def test_keyed_draws_depend_only_on_seed_and_sample_index():
 # --------------------------------------------------------------------------- 9. fused layers
 
 FUSED_CASES = {
-    "3x3-onehot": {},
+    "3x3-onehot": {},  # one-hot first product, depthwise after: shifted-window transposes
     "1x5-onehot-stride2": {},  # interleave backward
     "3x3-onehot-subset": {},  # a one-hot channel subset (computed in log space, then scaled)
-    "3x3-shared": {},
-    "3x3-onehot-shared": dict(name="3x3-onehot", shared=True),
-    "3x3-counts": {},
+    "3x3-onehot-shared-counts": dict(name="3x3-onehot", shared=True, log_space=False),
 }
 
 

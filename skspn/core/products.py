@@ -25,7 +25,7 @@ from .scopes import ResolvedProduct
 #: benchmarks/throughput.py) forward 362 / 476 -> 501 / 631 images/s, hard-EM step
 #: 179 / 160 -> 277 / 255, imputation 216 / 242 -> 297 / 385. Each new input shape costs a
 #: compilation, which small images (8 x 8 digits: at most ~200 cells per layer) do not
-#: repay: with every layer compiled the test suite took 18.4 instead of 14 minutes.
+#: repay; they also run the product and sum apart (``DGCSPN.fuse_products``).
 XLA_MIN_CELLS = 256
 
 
