@@ -76,8 +76,10 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", seed=None,
             # Hard choices (max, compare, select, argmax, one-hot, shifted windows) fuse
             # well under XLA; the soft pass is mostly batched matmuls, which XLA ran slower.
             if product.compile_large and routing not in ("gradient", "soft"):
-                backward = _COMPILED.setdefault(product, tf.function(
-                    _backward, jit_compile=True, autograph=False))
+                backward = _COMPILED.get(product)
+                if backward is None:
+                    backward = _COMPILED[product] = tf.function(
+                        _backward, jit_compile=True, autograph=False)
             dx, dlw = backward(product, routing, p, w, s, lw, g, keys)
             if shared:
                 dlw = tf.reduce_sum(dlw, axis=0, keepdims=True)
