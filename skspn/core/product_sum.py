@@ -24,7 +24,7 @@ import weakref
 
 import tensorflow as tf
 
-from .sums import _weighted_scores, choose, routing_keys, soft_route
+from .sums import _weighted_scores, choose, routing_keys, scaled_matmul, soft_route
 
 
 def product_sum(product, spatial_sum, x, log_w, routing="gradient", seed=None,
@@ -67,7 +67,7 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", seed=None,
             s = None
             out = tf.reduce_max(_weighted_scores(tf.math.log(p), lw), axis=2) + m
         else:
-            s = tf.tensordot(p, w[0], axes=[[2], [0]]) if shared else tf.matmul(p, w)
+            s = scaled_matmul(p, w)
             out = tf.math.log(s) + m
 
         def grad(g):
@@ -115,20 +115,20 @@ _COMPILED = weakref.WeakKeyDictionary()
 
 
 def _child_signals(product, sel, signal):
-    """Signal reaching each child of the product from the chosen output channels.
+    """Signal reaching each child of the product from the chosen output channels ``sel``
+    ``[N, B]``, one ``[H_out, W_out, B, C_in]`` per kernel offset.
 
-    ``sel`` ``[N, B]`` indexes the product's output channels; for a one-hot product of all
-    combinations its mixed-radix digits (first child most significant) are the children's
-    channels, so no ``[N, B, C_out]`` one-hot tensor is formed.
+    For a one-hot product of all combinations the mixed-radix digits of ``sel`` (first
+    child most significant) are the children's channels, so no ``[N, B, C_out]`` one-hot
+    tensor is formed; other products take the one-hot signal through ``_channel_grads``.
     """
     h_out, w_out = product.out_shape
-    shape = tf.concat([[h_out, w_out], tf.shape(sel)[1:2], [product.in_channels]], 0)
-    if product.mode == "depthwise":
-        one = tf.reshape(tf.one_hot(sel, product.in_channels) * signal, shape)
-        return [one] * len(product.offsets)
-    n, radix = len(product.offsets), product.in_channels
-    if product.channel_index is not None:  # a subset: child i has channel_index[i, sel]
-        digits = [tf.gather(product.channel_index[i], sel) for i in range(n)]
-    else:
-        digits = [(sel // radix ** (n - 1 - i)) % radix for i in range(n)]
-    return [tf.reshape(tf.one_hot(d, radix) * signal, shape) for d in digits]
+    batch = tf.shape(sel)[1:2]
+    if product.mode == "one_hot" and product.channel_index is None:
+        n, radix = len(product.offsets), product.in_channels
+        shape = tf.concat([[h_out, w_out], batch, [radix]], 0)
+        return [tf.reshape(tf.one_hot((sel // radix ** (n - 1 - i)) % radix, radix) * signal,
+                           shape) for i in range(n)]
+    onehot = tf.one_hot(sel, product.out_channels) * signal
+    return product._channel_grads(
+        tf.reshape(onehot, tf.concat([[h_out, w_out], batch, [product.out_channels]], 0)))

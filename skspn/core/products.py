@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from .scopes import ResolvedProduct
+from .sums import _stable_max
 
 
 #: ``Product.scaled`` and ``Product.backward`` (and the hard routing after them,
@@ -27,12 +28,6 @@ from .scopes import ResolvedProduct
 #: compilation, which small images (8 x 8 digits: at most ~200 cells per layer) do not
 #: repay; they also run the product and sum apart (``DGCSPN.fuse_products``).
 XLA_MIN_CELLS = 256
-
-
-def _finite_max(x):
-    """Maximum over the channel axis (kept), 0 where it is not finite."""
-    m = tf.reduce_max(x, axis=-1, keepdims=True)
-    return tf.where(tf.math.is_finite(m), m, tf.zeros_like(m))
 
 
 class Product(tf.Module):
@@ -141,9 +136,9 @@ class Product(tf.Module):
     def _scaled_impl(self, x):
         if self.mode == "depthwise" or self.channel_index is not None:
             out = self._forward(x)
-            m = _finite_max(out)
+            m = _stable_max(out, -1)
             return tf.exp(out - m), m
-        m = _finite_max(x)
+        m = _stable_max(x, -1)
         e = tf.exp(x - m)
         n = len(self.offsets)
         p = None

@@ -54,13 +54,15 @@ def log_matmul_exp(x, log_w):
     log_w : Tensor ``[N, C_in, C_out]`` or ``[1, C_in, C_out]`` (shared over cells)
     """
     m = _stable_max(x, -1)
-    p = tf.exp(x - m)
-    w = tf.exp(log_w)
-    if log_w.shape[0] == 1 and x.shape[0] != 1:
-        s = tf.tensordot(p, w[0], axes=[[2], [0]])
-    else:
-        s = tf.matmul(p, w)
-    return tf.math.log(s) + m
+    return tf.math.log(scaled_matmul(tf.exp(x - m), tf.exp(log_w))) + m
+
+
+def scaled_matmul(p, w):
+    """``p @ w`` per cell: ``p`` ``[N, B, C_in]``, ``w`` ``[N | 1, C_in, C_out]``
+    (one matrix shared over the cells: a single tensordot)."""
+    if w.shape[0] == 1 and p.shape[0] != 1:
+        return tf.tensordot(p, w[0], axes=[[2], [0]])
+    return tf.matmul(p, w)
 
 
 def _random_argmax(z, axis, keys):
