@@ -211,8 +211,9 @@ def sums(out=None, log=print, jit_options=(False, True)):
 
 # ----------------------------------------------------------------------------- 3. routing
 def _route_current(x, g, seed):
-    from skspn.core.sums import route, routing_keys
-    keys = routing_keys("hard_unweighted", seed, None, tf.shape(x)[1])
+    from skspn.core import keyed_random
+    from skspn.core.sums import route
+    keys = keyed_random.sample_keys(seed, tf.range(tf.shape(x)[1]))
     return route(x, None, g, keys, "hard_unweighted")
 
 

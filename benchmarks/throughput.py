@@ -295,7 +295,7 @@ def peer_env():
 
 
 def main_benchmark(args, log, save=None):
-    batches = [64, 128] if args.quick else [64, 128, 512]
+    batches = args.batches or ([64, 128] if args.quick else [64, 128, 512])
     repeats = 2 if args.quick else 5
     archs = args.archs or list(ARCHS)
     ops = args.ops or list(OPS)
@@ -538,6 +538,8 @@ def main(argv=None):
     p.add_argument("--ops", nargs="*", choices=list(OPS))
     p.add_argument("--jit", choices=["both", "on", "off"], default="both",
                    help="jit_compile setting(s) for the main table (scaling uses 'off' unless 'on')")
+    p.add_argument("--batches", nargs="*", type=int,
+                   help="batch sizes of the main table (default 64 128 512; --quick: 64 128)")
     p.add_argument("--max-step-seconds", type=float, default=MAX_STEP_SECONDS)
     p.add_argument("--tag", default="", help="suffix for the result files (throughput<tag>.json)")
     p.add_argument("--worker", help=argparse.SUPPRESS)

@@ -35,6 +35,27 @@ def _combine(key, value):
     return _mix(tf.bitwise.bitwise_xor(key, _mix(value * _GOLDEN + 0x2545F491)))
 
 
+def _mix_int(h):
+    """``_mix`` of a Python int, computed at trace time (no graph ops)."""
+    h &= _MASK
+    h ^= h >> 16
+    h = (h * 0x7FEB352D) & _MASK
+    h ^= h >> 15
+    h = (h * 0x21F0AAAD) & _MASK
+    return h ^ (h >> 16)
+
+
+def fold_in(keys, salt):
+    """Keys ``[B]`` of an independent stream ``salt`` (a Python int) derived from ``keys``.
+
+    Hashing the seed into per-sample keys takes about a hundred graph ops; a network
+    derives the keys of each layer from one such set with a single mix instead, which
+    keeps tracing cheap (each op costs graph-building time on every new network).
+    """
+    salt_hash = _mix_int((int(salt) * _GOLDEN + 0x2545F491) & _MASK)
+    return _mix(tf.bitwise.bitwise_xor(keys, salt_hash))
+
+
 def sample_keys(seed, sample_index):
     """Per-sample 32-bit keys ``[B]`` from a seed ``[2]`` and global sample indices ``[B]``."""
     seed = tf.cast(seed, tf.int64)

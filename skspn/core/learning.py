@@ -74,7 +74,7 @@ class EMLearner:
             self.pending = [tf.Variable(tf.zeros_like(layer.accumulator), trainable=False)
                             for layer in network.weight_layers]
         spec = [_image_spec(network), tf.TensorSpec([None], tf.float32), _SEED]
-        self._step = tf.function(self._step_impl, input_signature=spec, jit_compile=jit_compile)
+        self._step = _compiled(self._step_impl, spec, jit_compile)
 
     def _batch_counts(self, x, weight, sample_index, seed):
         """Counts, ``sum weight * log p(x)`` and ``sum weight`` of one (shard of a) batch."""
@@ -162,7 +162,7 @@ class GradientLearner:
             self.optimizer = Adam(self.variables, learning_rate)
         spec = [_image_spec(network), tf.TensorSpec([None], tf.int32),
                 tf.TensorSpec([None], tf.float32), _SEED]
-        self._step = tf.function(self._step_impl, input_signature=spec, jit_compile=jit_compile)
+        self._step = _compiled(self._step_impl, spec, jit_compile)
 
     def _summed_loss(self, x, y, weight, sample_index, seed):
         net = self.network
@@ -203,6 +203,14 @@ class GradientLearner:
         return float(self._step(x, y, weight, seed))
 
 
+def _compiled(fn, input_signature, jit_compile):
+    """``tf.function`` without AutoGraph: the network's control flow is plain Python over
+    layers, so conversion only added tracing time (about a third of a small network's
+    fit, where tracing dominates)."""
+    return tf.function(fn, input_signature=input_signature, jit_compile=jit_compile,
+                       autograph=False)
+
+
 def _data_parallel(strategy, jit_compile, network):
     parallel = DataParallel(strategy)
     if strategy is not None and jit_compile:
@@ -217,20 +225,17 @@ class CompiledOps:
     def __init__(self, network: DGCSPN, jit_compile=JIT_COMPILE):
         self.network = network
         img = _image_spec(network)
-        self.log_likelihood = tf.function(network.log_likelihood, input_signature=[img],
-                                          jit_compile=jit_compile)
+        self.log_likelihood = _compiled(network.log_likelihood, [img], jit_compile)
         if network.n_classes:
-            self.joint_log_likelihood = tf.function(
-                network.joint_log_likelihood, input_signature=[img], jit_compile=jit_compile)
+            self.joint_log_likelihood = _compiled(network.joint_log_likelihood, [img],
+                                                  jit_compile)
         index = tf.TensorSpec([None], tf.int32)
         self._complete = {
-            m: tf.function(lambda x, seed, sample_index, m=m: network.complete(
-                x, m, seed, sample_index), input_signature=[img, _SEED, index],
-                jit_compile=jit_compile)
+            m: _compiled(lambda x, seed, sample_index, m=m: network.complete(
+                x, m, seed, sample_index), [img, _SEED, index], jit_compile)
             for m in ("marginal", "mpe", "sample")}
-        self.leaf_posterior = tf.function(
-            lambda x: network.leaf_signal(x, "soft")[0], input_signature=[img],
-            jit_compile=jit_compile)
+        self.leaf_posterior = _compiled(lambda x: network.leaf_signal(x, "soft")[0], [img],
+                                        jit_compile)
 
     def complete(self, x, method="marginal", seed=None, first_index=0):
         """``network.complete`` on batch ``x`` whose rows are samples ``first_index, ...``

@@ -30,6 +30,10 @@ from .sums import LOG_ZERO, SpatialSum, routed_sum
 
 _SEED_SPEC = tf.TensorSpec([2], tf.int64)
 
+#: Salt of the leaf draws of ``complete(method='sample')``; the layers' streams are their
+#: index, 500 / 501 (top sums), 1000 (input dropout) and 2000 + index (product dropout).
+_LEAF_STREAM = 1_000_000
+
 
 class DGCSPN(tf.Module):
     """A Deep Generalized Convolutional Sum-Product Network.
@@ -159,16 +163,16 @@ class DGCSPN(tf.Module):
         if sample_index is None:
             sample_index = tf.range(tf.shape(leaf_lp)[2])
 
-        # Layers draw from fold_in(seed, 0); the leaves of ``complete`` from fold_in(seed, 1),
-        # so no layer's stream can coincide with the leaf draws.
-        layer_stream = tf.random.experimental.stateless_fold_in(seed, 0)
+        # Every random stream (a layer's tie-breaks, a dropout mask) is folded out of one
+        # set of per-sample keys; the leaf draws of ``complete`` use the salt _LEAF_STREAM,
+        # which no layer uses.
+        sample_keys = keyed_random.sample_keys(seed, sample_index)
 
-        def layer_seed(i):
-            return tf.random.experimental.stateless_fold_in(layer_stream, i)
+        def layer_keys(i):
+            return keyed_random.fold_in(sample_keys, i)
 
         def keep_mask(shape, stream, rate):  # shape [H, W, B, ...]: samples on axis 2
-            keys = keyed_random.sample_keys(layer_seed(stream), sample_index)
-            return keyed_random.uniform(keys, shape, 2) >= rate
+            return keyed_random.uniform(layer_keys(stream), shape, 2) >= rate
 
         x = leaf_lp
         if input_dropout > 0.0:  # marginalise whole pixels: log 1
@@ -178,23 +182,22 @@ class DGCSPN(tf.Module):
             if (self.fuse_products and product.scalable and product.compile_large
                     and i < len(self.sums) and product_dropout == 0.0):
                 x = product_sum(product, self.sums[i], x, log_weights[i], routing,
-                                layer_seed(i), sample_index)
+                                layer_keys(i))
                 continue
             x = product(x)
             if product_dropout > 0.0:  # drop product nodes: log 0
                 keep = keep_mask(tf.shape(x), 2000 + i, product_dropout)
                 x = tf.where(keep, x, tf.fill(tf.shape(x), LOG_ZERO))
             if i < len(self.sums):
-                x = self.sums[i](x, log_weights[i], routing, layer_seed(i), sample_index)
+                x = self.sums[i](x, log_weights[i], routing, layer_keys(i))
         (h0, nh), (w0, nw) = self.report.top_index
         x = x[h0:h0 + nh, w0:w0 + nw]  # full-scope cells only (completeness)
         batch = tf.shape(x)[2]
         x = tf.reshape(tf.transpose(x, [2, 0, 1, 3]), [1, batch, self.n_top_inputs])
-        top = routed_sum(x, log_weights[len(self.sums)], routing, layer_seed(500), sample_index)
+        top = routed_sum(x, log_weights[len(self.sums)], routing, layer_keys(500))
         if self.class_prior is None:
             return top[0], top[0, :, 0]
-        root = routed_sum(top, log_weights[len(self.sums) + 1], routing, layer_seed(501),
-                          sample_index)
+        root = routed_sum(top, log_weights[len(self.sums) + 1], routing, layer_keys(501))
         return top[0], root[0, :, 0]
 
     def forward(self, x, routing="gradient", seed=None, product_dropout=0.0, input_dropout=0.0,
@@ -245,8 +248,8 @@ class DGCSPN(tf.Module):
         elif method == "mpe":
             values = self.leaf.mode(signal)
         else:
-            leaf_seed = tf.random.experimental.stateless_fold_in(seed, 1)
-            values = self.leaf.sample(signal, keyed_random.sample_keys(leaf_seed, sample_index))
+            keys = keyed_random.sample_keys(seed, sample_index)
+            values = self.leaf.sample(signal, keyed_random.fold_in(keys, _LEAF_STREAM))
         values = tf.transpose(values, [2, 0, 1, 3])
         return tf.where(tf.math.is_nan(x), values, x)
 

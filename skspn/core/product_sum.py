@@ -27,8 +27,7 @@ import tensorflow as tf
 from .sums import _weighted_scores, choose, routing_keys, scaled_matmul, soft_route
 
 
-def product_sum(product, spatial_sum, x, log_w, routing="gradient", seed=None,
-                sample_index=None):
+def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None):
     """``spatial_sum(product(x), log_w, routing, ...)`` for a ``product.scalable`` product.
 
     Parameters
@@ -41,7 +40,7 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", seed=None,
         Log-values of the product's input.
     log_w : Tensor ``[N | 1, C, C_out]``
         The sum's normalised log-weights.
-    routing, seed, sample_index
+    routing, keys
         As ``sums.routed_sum``.
 
     Returns
@@ -53,7 +52,7 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", seed=None,
     (h_out, w_out), n_cells = product.out_shape, spatial_sum.n_cells
     c_in, c_out = spatial_sum.in_channels, spatial_sum.out_channels
     batch = tf.shape(x)[2]
-    keys = routing_keys(routing, seed, sample_index, batch)
+    keys = routing_keys(routing, keys, batch)
     shared = log_w.shape[0] == 1 and n_cells != 1
 
     @tf.custom_gradient

@@ -156,7 +156,7 @@ def soft_route(p, w, s, g):
     return dx, dlw
 
 
-def routed_sum(x, log_w, routing="gradient", seed=None, sample_index=None):
+def routed_sum(x, log_w, routing="gradient", keys=None):
     """Weighted sums of ``x`` per cell, with the backward pass chosen by ``routing``.
 
     Parameters
@@ -167,19 +167,18 @@ def routed_sum(x, log_w, routing="gradient", seed=None, sample_index=None):
         Normalised log-weights.
     routing : str
         One of ``ROUTINGS``.
-    seed : Tensor ``[2]`` of int, optional
-        Stateless seed for tie-breaking and sampling.
-    sample_index : Tensor ``[B]`` of int, optional
-        Index of each sample in the global batch (default ``0..B-1``): with the seed it
-        keys the random draws (see ``keyed_random``).
+    keys : Tensor ``[B]`` of int64, optional
+        Per-sample keys of the random tie-breaks and draws (``keyed_random.sample_keys``
+        of a seed and each sample's index in the global batch). Default: seed 0 and
+        indices ``0..B-1``.
 
     Returns
     -------
     Tensor ``[N, B, C_out]``
     """
+    keys = routing_keys(routing, keys, tf.shape(x)[1])
     if routing in ("gradient", "soft"):
         return log_matmul_exp(x, log_w)
-    keys = routing_keys(routing, seed, sample_index, tf.shape(x)[1])
     shared = log_w.shape[0] == 1 and x.shape[0] != 1
 
     @tf.custom_gradient
@@ -201,15 +200,15 @@ def routed_sum(x, log_w, routing="gradient", seed=None, sample_index=None):
     return op(x, log_w)
 
 
-def routing_keys(routing, seed, sample_index, batch):
-    """Validate ``routing`` and return the per-sample keys of its random draws ``[B]``."""
+def routing_keys(routing, keys, batch):
+    """Validate ``routing`` and return the per-sample keys of its random draws ``[B]``
+    (``keys``, or those of seed 0 and indices ``0..batch-1``; None where the routing
+    draws nothing)."""
     if routing not in ROUTINGS:
         raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
-    if seed is None:
-        seed = tf.constant([0, 0], tf.int64)
-    if sample_index is None:
-        sample_index = tf.range(batch)
-    return keyed_random.sample_keys(seed, sample_index)
+    if keys is None and routing not in ("gradient", "soft"):
+        keys = keyed_random.sample_keys(tf.constant([0, 0], tf.int64), tf.range(batch))
+    return keys
 
 
 class SpatialSum(tf.Module):
@@ -250,7 +249,7 @@ class SpatialSum(tf.Module):
         c = tf.maximum(self.accumulator, 0.0) + self.eps
         return tf.math.log(c) - tf.math.log(tf.reduce_sum(c, axis=1, keepdims=True))
 
-    def __call__(self, x, log_w, routing="gradient", seed=None, sample_index=None):
+    def __call__(self, x, log_w, routing="gradient", keys=None):
         """``x`` ``[H, W, B, C_in]`` -> ``[H, W, B, C_out]`` using log-weights ``log_w``.
 
         The normalised log-weights are passed in (from ``log_weights()``) so that a caller
@@ -258,7 +257,7 @@ class SpatialSum(tf.Module):
         """
         shape = tf.shape(x)
         flat = tf.reshape(x, [self.n_cells, shape[2], self.in_channels])
-        out = routed_sum(flat, log_w, routing, seed, sample_index)
+        out = routed_sum(flat, log_w, routing, keys)
         return tf.reshape(out, tf.concat([shape[:3], [self.out_channels]], 0))
 
 
