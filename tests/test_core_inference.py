@@ -693,6 +693,51 @@ def test_keyed_draws_depend_only_on_seed_and_sample_index():
     assert abs(np.corrcoef(grid[:, :-1].ravel(), grid[:, 1:].ravel())[0, 1]) < 0.03
 
 
+def test_input_dropout_marginalises_a_random_subset_of_pixels():
+    """Input dropout is exact marginalisation of whole pixels: every row's value equals
+    the likelihood of that row with some subset of its pixels missing, and about ``rate``
+    of the pixels are dropped."""
+    net = build("3x3-onehot")
+    rng = np.random.default_rng(3)
+    x = (rng.random((40, 3, 3, 1)) < 0.5).astype(np.float32)
+    seed = tf.constant([5, 9], tf.int64)
+    _, dropped = net.forward(x, seed=seed, input_dropout=0.5)
+    subsets = all_states(9).astype(bool)  # [512, 9]: True = marginalised
+    masked = np.repeat(x.reshape(40, 1, 9), len(subsets), axis=1)
+    masked[:, subsets] = np.nan
+    candidates = net.log_likelihood(masked.reshape(-1, 3, 3, 1)).numpy().reshape(40, -1)
+    n_dropped = []
+    for row, value in zip(candidates, dropped.numpy()):
+        match = np.flatnonzero(np.abs(row - value) < 1e-4)
+        assert len(match) > 0, "not the likelihood of any marginalised version of the row"
+        n_dropped.append(subsets[match].sum(axis=1).min())
+    # 360 pixels, rate 0.5: mean 180, std 9.5 (the minimum over ties only lowers it).
+    assert 140 < np.sum(n_dropped) < 200
+    np.testing.assert_allclose(net.forward(x, seed=seed, input_dropout=0.0)[1],
+                               net.log_likelihood(x), rtol=1e-6)
+
+
+def test_product_dropout_lowers_values_and_is_keyed_per_sample():
+    """Dropped product nodes are zeros, so no root value can rise and most fall; rate 1
+    drops everything; a sample's mask does not depend on the rows batched with it."""
+    net = build("3x3-onehot")
+    rng = np.random.default_rng(4)
+    x = (rng.random((12, 3, 3, 1)) < 0.5).astype(np.float32)
+    seed = tf.constant([2, 3], tf.int64)
+    full = net.log_likelihood(x).numpy()
+    _, dropped = net.forward(x, seed=seed, product_dropout=0.3)
+    dropped = dropped.numpy()
+    assert np.all(dropped <= full + 1e-5)
+    assert np.mean(dropped < full - 1e-3) > 0.5
+    _, everything = net.forward(x, seed=seed, product_dropout=1.0)
+    assert np.all(everything.numpy() < -1e29)
+    _, part = net.forward(x[4:7], seed=seed, product_dropout=0.3,
+                          sample_index=tf.range(4, 7))
+    np.testing.assert_allclose(part.numpy(), dropped[4:7], rtol=1e-6)
+    _, other_seed = net.forward(x, seed=seed + 1, product_dropout=0.3)
+    assert not np.allclose(other_seed.numpy(), dropped)
+
+
 # --------------------------------------------------------------------------- 9. fused layers
 
 FUSED_CASES = {
