@@ -14,35 +14,35 @@ every multiplier below 2**31, so no product overflows.
 
 from __future__ import annotations
 
+import operator
+
 import tensorflow as tf
 
 _MASK = 0xFFFFFFFF
 _GOLDEN = 0x61C88647  # 2**32 / golden ratio (mod 2**32), below 2**31
 
 
-def _mix(h):
+#: The three bitwise operations of ``_mix``: on tensors, and on Python ints (a constant
+#: salt is mixed at trace time, without graph ops).
+_TENSOR_OPS = (tf.bitwise.bitwise_and, tf.bitwise.bitwise_xor, tf.bitwise.right_shift)
+_INT_OPS = (operator.and_, operator.xor, operator.rshift)
+
+
+def _mix(h, ops=_TENSOR_OPS):
     """One avalanche pass over 32-bit values held in int64 (result in [0, 2**32))."""
-    h = tf.bitwise.bitwise_and(h, _MASK)
-    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 16))
-    h = tf.bitwise.bitwise_and(h * 0x7FEB352D, _MASK)
-    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 15))
-    h = tf.bitwise.bitwise_and(h * 0x21F0AAAD, _MASK)
-    return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 16))
+    and_, xor, right_shift = ops
+    h = and_(h, _MASK)
+    h = xor(h, right_shift(h, 16))
+    h = and_(h * 0x7FEB352D, _MASK)
+    h = xor(h, right_shift(h, 15))
+    h = and_(h * 0x21F0AAAD, _MASK)
+    return xor(h, right_shift(h, 16))
 
 
 def _combine(key, value):
-    """Hash of a key and an index (both int64 tensors that broadcast)."""
-    return _mix(tf.bitwise.bitwise_xor(key, _mix(value * _GOLDEN + 0x2545F491)))
-
-
-def _mix_int(h):
-    """``_mix`` of a Python int, computed at trace time (no graph ops)."""
-    h &= _MASK
-    h ^= h >> 16
-    h = (h * 0x7FEB352D) & _MASK
-    h ^= h >> 15
-    h = (h * 0x21F0AAAD) & _MASK
-    return h ^ (h >> 16)
+    """Hash of a key and an index: int64 tensors that broadcast, or a Python int index."""
+    ops = _INT_OPS if isinstance(value, int) else _TENSOR_OPS
+    return _mix(tf.bitwise.bitwise_xor(key, _mix(value * _GOLDEN + 0x2545F491, ops)))
 
 
 def fold_in(keys, salt):
@@ -52,8 +52,7 @@ def fold_in(keys, salt):
     derives the keys of each layer from one such set with a single mix instead, which
     keeps tracing cheap (each op costs graph-building time on every new network).
     """
-    salt_hash = _mix_int((int(salt) * _GOLDEN + 0x2545F491) & _MASK)
-    return _mix(tf.bitwise.bitwise_xor(keys, salt_hash))
+    return _combine(keys, int(salt))
 
 
 def sample_keys(seed, sample_index):
