@@ -229,6 +229,11 @@ def test_imputer_missing_values_placeholder(digits_split):
     out = imp.fit(X_train).transform(X)
     assert (out[:, 40:] != -1).all()
     assert np.array_equal(out[:, :40], X[:, :40])
+    # partial_fit reads the placeholder as missing too.
+    X_nan = np.where(X == -1, np.nan, X)
+    online = [DGCSPNImputer(missing_values=mv, sum_channels=4, random_state=0).partial_fit(
+        data).network_weights_ for mv, data in ((-1, X), (np.nan, X_nan))]
+    assert all(np.array_equal(a, b) for a, b in zip(*online))
 
 
 def test_imputer_mpe_completion(digits_split):
@@ -244,3 +249,79 @@ def test_imputer_mpe_completion(digits_split):
 def test_unknown_impute_method(fitted_density):
     with pytest.raises(ValueError, match="method must be"):
         fitted_density.impute(np.zeros((1, 64)), method="median")
+
+
+# ---------------------------------------------------------------------- several networks
+@pytest.fixture(scope="module")
+def imputer_ensemble(digits_split):
+    return DGCSPNImputer(n_networks=3, max_epochs=2, sum_channels=4, random_state=0).fit(
+        digits_split[0][:300])
+
+
+def test_ensemble_networks_are_independently_seeded(imputer_ensemble):
+    members = imputer_ensemble.estimators_
+    assert len(members) == 3 and not hasattr(imputer_ensemble, "network_weights_")
+    assert len({m.random_state for m in members}) == 3
+    assert all(m.n_networks == 1 and hasattr(m, "network_weights_") for m in members)
+    # Different seeds, different hard-EM optima.
+    assert not np.allclose(members[0].network_weights_[-1], members[1].network_weights_[-1])
+    assert imputer_ensemble.n_iter_ == 2 and len(imputer_ensemble.history_) == 2
+    assert np.allclose(imputer_ensemble.history_,
+                       np.mean([m.history_ for m in members], axis=0))
+
+
+def test_ensemble_score_is_the_uniform_mixture(imputer_ensemble, digits_split):
+    X = digits_split[1][:15].copy()
+    X[::2, 20:44] = np.nan
+    per_network = np.stack([m.score_samples(X) for m in imputer_ensemble.estimators_])
+    expected = np.log(np.mean(np.exp(per_network), axis=0))
+    assert np.allclose(imputer_ensemble.score_samples(X), expected, rtol=0, atol=1e-6)
+    assert np.allclose(imputer_ensemble.score_samples(np.full((1, 64), np.nan)), 0.0,
+                       atol=1e-4)
+
+
+def test_ensemble_marginal_completion_averages_the_networks(imputer_ensemble, digits_split):
+    X = _bottom_half_missing(digits_split[1][:40])
+    ours = imputer_ensemble.transform(X)
+    singles = np.stack([m.transform(X) for m in imputer_ensemble.estimators_])
+    assert np.allclose(ours, singles.mean(axis=0), atol=1e-4)
+    assert np.array_equal(ours[:, :32], X[:, :32])
+
+
+def test_ensemble_mpe_and_sample_use_the_most_probable_network(imputer_ensemble,
+                                                               digits_split):
+    X = _bottom_half_missing(digits_split[1][:30])
+    members = imputer_ensemble.estimators_
+    best = np.argmax([m.score_samples(X) for m in members], axis=0)
+    assert len(np.unique(best)) > 1, "the test needs rows won by different networks"
+    mpe = imputer_ensemble.impute(X, method="mpe", random_state=0)
+    # Each row as the winning network alone completes it (with the same random_state).
+    per_network = [m.impute(X, method="mpe", random_state=0) for m in members]
+    expected = np.stack([per_network[b][i] for i, b in enumerate(best)])
+    assert np.allclose(mpe, expected, atol=1e-4)
+    draws = imputer_ensemble.impute(X, method="sample", random_state=0)
+    assert np.isfinite(draws).all() and np.array_equal(draws[:, :32], X[:, :32])
+    again = imputer_ensemble.impute(X, method="sample", random_state=0)
+    assert np.array_equal(draws, again)
+    samples = imputer_ensemble.sample(7, random_state=0)
+    assert samples.shape == (7, 64) and np.isfinite(samples).all()
+
+
+def test_ensemble_refit_pickle_and_partial_fit(digits_split):
+    X_train, X_test = digits_split[0][:200], _bottom_half_missing(digits_split[1][:10])
+    imp = DGCSPNImputer(n_networks=2, max_epochs=1, sum_channels=4, missing_values=-1,
+                        random_state=0)
+    X_placeholder = np.where(np.isnan(X_test), -1, X_test)
+    out = imp.fit(X_train).transform(X_placeholder)
+    assert (out[:, 32:] != -1).all()
+    restored = pickle.loads(pickle.dumps(imp))
+    assert np.array_equal(restored.transform(X_placeholder), out)
+    imp.partial_fit(X_train[:64])
+    assert imp.n_iter_ == 2 and all(m.n_iter_ == 2 for m in imp.estimators_)
+    with pytest.raises(ValueError, match="n_networks=1 differs"):
+        imp.set_params(n_networks=1).partial_fit(X_train[:64])
+    imp.fit(X_train)  # n_networks=1 now: one network, no estimators_
+    assert not hasattr(imp, "estimators_") and hasattr(imp, "network_weights_")
+    fresh = DGCSPNImputer(n_networks=2, max_epochs=1, sum_channels=4, random_state=0)
+    fresh.partial_fit(X_train[:64])
+    assert len(fresh.estimators_) == 2 and fresh.n_iter_ == 1

@@ -1,6 +1,9 @@
 """scikit-learn's own estimator checks on all three estimators (small, fast settings)."""
 
-from sklearn.utils.estimator_checks import parametrize_with_checks
+import functools
+
+import pytest
+from sklearn.utils.estimator_checks import estimator_checks_generator, parametrize_with_checks
 
 from skspn import DGCSPNClassifier, DGCSPNDensityEstimator, DGCSPNImputer
 
@@ -22,4 +25,35 @@ ESTIMATORS = [
 @parametrize_with_checks(ESTIMATORS,
                          expected_failed_checks=lambda est: est._expected_failed_checks)
 def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+# The imputer with several networks holds fitted single-network imputers instead of one
+# network. Its checks cost a few seconds each (every fit builds and traces two networks):
+# the default run keeps those about fitted state (refit, pickling, parameters, unfitted
+# use); the input-format checks, which go through the same validation as with one network,
+# run with the slow ones.
+ENSEMBLE = DGCSPNImputer(n_networks=2, max_epochs=1, sum_channels=4, random_state=0)
+ENSEMBLE_DEFAULT_CHECKS = {
+    "check_fit_idempotent", "check_estimators_pickle", "check_n_features_in_after_fitting",
+    "check_dont_overwrite_parameters", "check_estimators_overwrite_params",
+    "check_fit_check_is_fitted", "check_estimators_unfitted", "check_dict_unchanged",
+    "check_no_attributes_set_in_init", "check_set_params", "check_estimators_fit_returns_self",
+}
+
+
+def _check_name(check):
+    return (check.func if isinstance(check, functools.partial) else check).__name__
+
+
+def _ensemble_checks():
+    for estimator, check in estimator_checks_generator(
+            ENSEMBLE, expected_failed_checks=ENSEMBLE._expected_failed_checks, mark="xfail"):
+        name = _check_name(check)
+        marks = () if name in ENSEMBLE_DEFAULT_CHECKS else (pytest.mark.slow,)
+        yield pytest.param(estimator, check, marks=marks, id=name)
+
+
+@pytest.mark.parametrize("estimator, check", list(_ensemble_checks()))
+def test_sklearn_compatible_with_several_networks(estimator, check):
     check(estimator)

@@ -243,7 +243,10 @@ class GenerativeDGCSPN(BaseDGCSPN):
         log_prob : ndarray of shape (n_samples,)
         """
         self._check_fitted()
-        images = self._prepare(X, reset=False)
+        return self._log_likelihood(self._prepare(X, reset=False))
+
+    def _log_likelihood(self, images):
+        """``score_samples`` of validated ``images`` ``(n, H, W, C)`` (NaN = missing)."""
         z, _, scale = self._scale(images)
         ops = self._get_ops()
         ll = self._map_batches(lambda b, _: ops.log_likelihood(b).numpy(), z)
@@ -287,11 +290,15 @@ class GenerativeDGCSPN(BaseDGCSPN):
         return out
 
     def _complete(self, images, method, rng):
+        return self._complete_seeded(images, method, self._seed_pair(rng))
+
+    def _complete_seeded(self, images, method, seed):
+        """Completions of ``images``; ``seed`` keys the random draws of row ``i`` with
+        ``i`` (so a row's result does not depend on the batching)."""
         z, offset, scale = self._scale(images)
         ops = self._get_ops()
         # MPE's max-product forward holds [cells, batch, C_in, C_out]: use smaller batches.
         batch = max(1, min(self.batch_size, 32)) if method == "mpe" else self.batch_size
-        seed = self._seed_pair(rng)
         done = self._map_batches(
             lambda b, start: ops.complete(b, method, seed, start).numpy(), z, batch)
         values = done * scale + offset

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numbers
+from numbers import Integral
 
 import numpy as np
-from sklearn.base import OneToOneFeatureMixin, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import StrOptions
+from scipy.special import logsumexp, softmax
+from sklearn.base import OneToOneFeatureMixin, TransformerMixin, _fit_context, clone
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from .density import GenerativeDGCSPN
 
@@ -36,6 +39,18 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         In the inpainting benchmark (``benchmarks/README.md``) ``'feature'`` completed the
         Olivetti faces better, MNIST about as well and Fashion-MNIST better on bottom
         halves but worse on left halves.
+    n_networks : int, default=1
+        Number of networks, fitted independently on all of ``X`` with different random
+        states. Together they are the uniform mixture of their distributions:
+        ``score_samples`` is its exact log-density and ``sample`` (and
+        ``impute(method='sample')``) draw from it exactly. The ``'marginal'`` completion
+        is the average of the networks' completions (as in bagging), not the posterior
+        mean of the mixture, which weights each network by its likelihood of the observed
+        entries: those weights are nearly one-hot, and on half-masked MNIST the average
+        of 8 networks completed better (MSE 3414 / 2773 bottom / left, against 3611 /
+        2944 for the posterior mean and 3774-3953 / 3114-3285 for single networks). The
+        ``'mpe'`` completion is the MPE completion of the network most probable given
+        the observed entries. Fitting and queries cost ``n_networks`` times as much.
     **other parameters
         As ``DGCSPNDensityEstimator``: ``image_shape``, ``depth``, ``sum_channels``,
         ``n_components``, ``leaf``, ``kernel_size``, ``first_product``,
@@ -44,8 +59,17 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
 
     Attributes
     ----------
-    image_shape_, n_features_in_, feature_names_in_, history_, n_iter_, converged_,
-    network_weights_ : see ``DGCSPNDensityEstimator``.
+    image_shape_, n_features_in_, feature_names_in_, network_weights_ :
+        See ``DGCSPNDensityEstimator`` (``network_weights_`` only when ``n_networks=1``).
+    history_ : list of float
+        Train log-likelihood per epoch; with ``n_networks > 1``, the mean over the
+        networks (a network that stopped early counts with its last value).
+    n_iter_ : int
+        Epochs run (the most of any network).
+    converged_ : bool
+        Whether training stopped by ``tol`` (for every network).
+    estimators_ : list of DGCSPNImputer
+        With ``n_networks > 1``: the fitted single-network imputers.
 
     Notes
     -----
@@ -68,9 +92,11 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         **GenerativeDGCSPN._parameter_constraints,
         "missing_values": [numbers.Real, None],
         "completion": [StrOptions({"marginal", "mpe"})],
+        "n_networks": [Interval(Integral, 1, None, closed="left")],
     }
 
-    def __init__(self, *, missing_values=np.nan, completion="marginal", image_shape=None,
+    def __init__(self, *, missing_values=np.nan, completion="marginal", n_networks=1,
+                 image_shape=None,
                  depth="auto", sum_channels=16, n_components=4, leaf="normal", kernel_size=2,
                  first_product="one_hot", n_nonoverlapping=0, learning="hard_em_unweighted",
                  em_update="epoch", max_epochs=15, batch_size=128, learning_rate=1e-2, tol=0.1,
@@ -84,6 +110,7 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
                          leaf_scale=leaf_scale, random_state=random_state, verbose=verbose)
         self.missing_values = missing_values
         self.completion = completion
+        self.n_networks = n_networks
 
     def _with_nan(self, X):
         """Replace ``missing_values`` by NaN (the core's marker of a missing entry)."""
@@ -109,7 +136,132 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         -------
         self
         """
-        return GenerativeDGCSPN.fit.__wrapped__(self, self._with_nan(X))
+        self._forget_fit()
+        if self.n_networks == 1:
+            return GenerativeDGCSPN.fit.__wrapped__(self, self._with_nan(X))
+        return self._fit_networks(self._with_nan(X), partial=False)
+
+    def partial_fit(self, X, y=None):
+        """One online EM pass over the batch ``X`` (initialising on the first call).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_samples, H, W[, C])
+        y : Ignored
+
+        Returns
+        -------
+        self
+        """
+        first = not (hasattr(self, "network_weights_") or hasattr(self, "estimators_"))
+        if first:
+            self._validate_params()
+            self._forget_fit()
+        elif (self.n_networks == 1) == hasattr(self, "estimators_"):
+            raise ValueError(f"n_networks={self.n_networks} differs from the fitted number "
+                             f"of networks; call fit to start over")
+        if self.n_networks == 1:
+            return GenerativeDGCSPN.partial_fit(self, self._with_nan(X))
+        return self._fit_networks(self._with_nan(X), partial=True, first=first)
+
+    def _forget_fit(self):
+        """Drop the state of an earlier fit (it may have had another ``n_networks``)."""
+        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
+            delattr(self, name)
+        for name in self._runtime_attributes + ("_rng", "_optimizer_state"):
+            self.__dict__.pop(name, None)
+
+    def _fit_networks(self, X, partial, first=True):
+        """Fit (or update online) ``n_networks`` single-network imputers on ``X``."""
+        images = self._prepare(X, reset=first)
+        if first:
+            rng = check_random_state(self.random_state)
+            # Each network is a clone given the validated images, so they all see the
+            # same image shape (and need no missing_values placeholder).
+            self.estimators_ = [
+                clone(self).set_params(n_networks=1, missing_values=np.nan,
+                                       image_shape=self.image_shape_, random_state=int(seed))
+                for seed in rng.randint(0, 2**31 - 1, size=self.n_networks)]
+        for i, estimator in enumerate(self.estimators_):
+            if self.verbose:
+                print(f"[{type(self).__name__}] network {i + 1}/{len(self.estimators_)}",
+                      flush=True)
+            if partial:
+                estimator.partial_fit(images)
+            else:
+                estimator.fit(images)
+        histories = [e.history_ for e in self.estimators_]
+        self.n_iter_ = max(len(h) for h in histories)
+        self.history_ = [float(np.mean([h[min(i, len(h) - 1)] for h in histories]))
+                         for i in range(self.n_iter_)]
+        self.converged_ = all(e.converged_ for e in self.estimators_)
+        if self._standardize_mode() == "feature":
+            self.feature_mean_ = self.estimators_[0].feature_mean_
+            self.feature_scale_ = self.estimators_[0].feature_scale_
+        return self
+
+    def _check_fitted(self):
+        if not hasattr(self, "estimators_"):
+            super()._check_fitted()
+
+    # ------------------------------------------------------------------ the mixture
+    def _log_likelihood(self, images):
+        if not hasattr(self, "estimators_"):
+            return super()._log_likelihood(images)
+        # The uniform mixture of the networks: log (1/M) sum_m p_m(x_observed).
+        return logsumexp(self._network_log_likelihoods(images), axis=0) - np.log(
+            len(self.estimators_))
+
+    def _network_log_likelihoods(self, images):
+        """``(n_networks, n_samples)`` log-likelihoods of the observed entries."""
+        return np.stack([e._log_likelihood(images) for e in self.estimators_])
+
+    def _complete(self, images, method, rng):
+        if not hasattr(self, "estimators_"):
+            return super()._complete(images, method, rng)
+        # One seed for all networks, drawn as a single network draws it, so every row is
+        # completed by each network exactly as that network alone would (same random_state).
+        seed = self._seed_pair(rng)
+        completed = np.stack([e._complete_seeded(images, method, seed)
+                              for e in self.estimators_])
+        if method == "marginal":
+            return completed.mean(axis=0)
+        # 'mpe': the network most probable given the observed entries; 'sample': a network
+        # drawn from that posterior (uniform prior), which makes the draw exact. Every
+        # network completes every row (M times the work of completing only the rows it
+        # wins), so that a row's draws do not depend on which other rows chose it.
+        log_post = self._network_log_likelihoods(images)
+        if method == "mpe":
+            chosen = np.argmax(log_post, axis=0)
+        else:
+            cumulative = np.cumsum(softmax(log_post, axis=0), axis=0)
+            chosen = (rng.random_sample(len(images)) > cumulative).sum(axis=0)
+            chosen = np.minimum(chosen, len(self.estimators_) - 1)
+        return completed[chosen, np.arange(len(images))]
+
+    def sample(self, n_samples=1, random_state=None):
+        """Draw samples from the fitted model (with ``n_networks > 1``, their mixture).
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+        random_state : int, RandomState or None
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        """
+        if not hasattr(self, "estimators_"):
+            return super().sample(n_samples, random_state)
+        if not isinstance(n_samples, Integral) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        rng = check_random_state(random_state)
+        chosen = rng.randint(len(self.estimators_), size=n_samples)
+        out = np.empty((n_samples, self.n_features_in_), np.float64)
+        for m in np.unique(chosen):
+            rows = chosen == m
+            out[rows] = self.estimators_[m].sample(int(rows.sum()), rng)
+        return out
 
     def transform(self, X):
         """Impute all missing entries of ``X``.
