@@ -18,6 +18,8 @@ plain ``tf.Variable``s that can be exported to numpy and restored exactly.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -206,9 +208,16 @@ class GradientLearner:
 def _compiled(fn, input_signature, jit_compile):
     """``tf.function`` without AutoGraph: the network's control flow is plain Python over
     layers, so conversion only added tracing time (about a third of a small network's
-    fit, where tracing dominates)."""
-    return tf.function(fn, input_signature=input_signature, jit_compile=jit_compile,
-                       autograph=False)
+    fit, where tracing dominates).
+
+    ``fn`` goes in as a ``functools.partial``: TensorFlow's frequent-retracing warning
+    counts traces per Python code object, so every network's first trace of the same
+    method (several networks in one process: an ensemble, a grid search) counted as one
+    function retracing and printed a spurious warning. A partial has no code object and
+    gets a count of its own; a function that really retraces still warns.
+    """
+    return tf.function(functools.partial(fn), input_signature=input_signature,
+                       jit_compile=jit_compile, autograph=False)
 
 
 def _data_parallel(strategy, jit_compile, network):
