@@ -331,8 +331,8 @@ def test_several_networks_do_not_warn_of_retracing(digits_split, caplog):
     # Each network traces its own compiled functions once; TensorFlow's detector of
     # frequent retracing must not take those first traces for one function retracing.
     X = _bottom_half_missing(digits_split[1][:20])
-    imp = DGCSPNImputer(n_networks=4, max_epochs=1, sum_channels=2, random_state=0)
-    imp.fit(digits_split[0][:100])
+    imp = DGCSPNImputer(n_networks=2, max_epochs=1, sum_channels=2, random_state=0)
+    imp.fit(digits_split[0][:64])
     for method in ("marginal", "mpe", "sample"):
         imp.impute(X, method=method, random_state=0)
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
