@@ -738,6 +738,47 @@ def test_product_dropout_lowers_values_and_is_keyed_per_sample():
     assert not np.allclose(other_seed.numpy(), dropped)
 
 
+def test_dropout_masks_made_apart_are_the_forward_pass_masks():
+    """``dropout_masks`` (what an XLA-compiled training step is given) are the masks the
+    forward pass draws itself: same keys, same values."""
+    net = build("3x3-onehot")
+    x = (np.random.default_rng(5).random((10, 3, 3, 1)) < 0.5).astype(np.float32)
+    seed, index = tf.constant([7, 1], tf.int64), tf.range(3, 13)
+    for product_dropout, input_dropout in ((0.3, 0.0), (0.0, 0.4), (0.3, 0.4)):
+        masks = net.dropout_masks(seed, index, product_dropout, input_dropout)
+        plan = net.dropout_plan(product_dropout, input_dropout)
+        assert [tuple(m.shape) for m in masks] == [
+            tuple(10 if n is None else n for n in shape) for _, shape, _ in plan]
+        inline = net.forward(x, seed=seed, product_dropout=product_dropout,
+                             input_dropout=input_dropout, sample_index=index)[1]
+        given = net.forward(x, seed=seed, product_dropout=product_dropout,
+                            input_dropout=input_dropout, sample_index=index,
+                            keep_masks=masks)[1]
+        np.testing.assert_array_equal(given.numpy(), inline.numpy())
+        assert not np.allclose(inline.numpy(), net.log_likelihood(x).numpy())
+
+
+def test_xla_training_step_with_dropout_equals_the_plain_step():
+    """With ``jit_compile`` the gradient step gets its dropout masks from a separate
+    compiled function: the step is the same as without XLA (same masks, same update)."""
+    from skspn.core.learning import GradientLearner
+
+    x = (np.random.default_rng(6).random((16, 3, 3, 1)) < 0.5).astype(np.float32)
+    y = np.arange(16, dtype=np.int32) % 2
+    weight, seed = np.ones(16, np.float32), np.array([3, 4], np.int64)
+    results = []
+    for jit in (False, True):
+        net = build("3x3-onehot", n_classes=2)
+        learner = GradientLearner(net, "ce", 1e-2, product_dropout=0.3, input_dropout=0.3,
+                                  jit_compile=jit)
+        assert bool(learner._mask_plan) == jit
+        losses = [learner.step(x, weight, seed + i, y) for i in range(2)]
+        results.append((losses, net.get_weights()))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- 9. fused layers
 
 FUSED_CASES = {

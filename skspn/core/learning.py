@@ -164,12 +164,22 @@ class GradientLearner:
             self.optimizer = Adam(self.variables, learning_rate)
         spec = [_image_spec(network), tf.TensorSpec([None], tf.int32),
                 tf.TensorSpec([None], tf.float32), _SEED]
+        # Under step-level XLA the dropout masks are made by a compiled function of their
+        # own and passed in (see DGCSPN.dropout_masks); XLA is never used with a strategy.
+        self._mask_plan = (network.dropout_plan(self.product_dropout, self.input_dropout)
+                           if jit_compile else [])
+        if self._mask_plan:
+            spec.append([tf.TensorSpec(shape, tf.bool) for _, shape, _ in self._mask_plan])
+            self._masks = _compiled(
+                lambda seed, sample_index: network.dropout_masks(
+                    seed, sample_index, self.product_dropout, self.input_dropout),
+                [_SEED, tf.TensorSpec([None], tf.int32)], jit_compile)
         self._step = _compiled(self._step_impl, spec, jit_compile)
 
-    def _summed_loss(self, x, y, weight, sample_index, seed):
+    def _summed_loss(self, x, y, weight, sample_index, seed, keep_masks=None):
         net = self.network
         top, root = net.forward(x, "gradient", seed, self.product_dropout, self.input_dropout,
-                                sample_index)
+                                sample_index, keep_masks)
         if self.objective == "nll":
             per_sample = -root
         else:
@@ -178,21 +188,22 @@ class GradientLearner:
             per_sample = -tf.gather(log_post, y, axis=1, batch_dims=1)
         return tf.reduce_sum(weight * per_sample)
 
-    def _batch_gradients(self, x, y, weight, sample_index, seed):
+    def _batch_gradients(self, x, y, weight, sample_index, seed, keep_masks=None):
         """Gradients of the summed loss, the summed loss and ``sum weight`` of one shard.
 
         Variables the loss does not reach get no gradient (``None``), as without a strategy:
         they are left out here and skipped by Adam.
         """
         with tf.GradientTape() as tape:
-            loss_sum = self._summed_loss(x, y, weight, sample_index, seed)
+            loss_sum = self._summed_loss(x, y, weight, sample_index, seed, keep_masks)
         grads = tape.gradient(loss_sum, self.variables)
         reached = {i: g for i, g in enumerate(grads) if g is not None}
         return reached, loss_sum, tf.reduce_sum(weight)
 
-    def _step_impl(self, x, y, weight, seed):
+    def _step_impl(self, x, y, weight, seed, keep_masks=None):
         batch = (x, y, weight, tf.range(tf.shape(x)[0]))
-        reached, loss_sum, weight_sum = self.parallel(self._batch_gradients, batch, seed)
+        reached, loss_sum, weight_sum = self.parallel(
+            functools.partial(self._batch_gradients, keep_masks=keep_masks), batch, seed)
         grads = [reached[i] / weight_sum if i in reached else None
                  for i in range(len(self.variables))]
         self.optimizer.apply(grads)
@@ -202,6 +213,10 @@ class GradientLearner:
         """One Adam step; ``y`` (int class indices) is needed for ``objective='ce'``."""
         if y is None:
             y = np.zeros(len(x), np.int32)
+        if self._mask_plan:
+            seed = tf.constant(seed, tf.int64)
+            masks = self._masks(seed, tf.range(len(x), dtype=tf.int32))
+            return float(self._step(x, y, weight, seed, masks))
         return float(self._step(x, y, weight, seed))
 
 
