@@ -82,6 +82,20 @@ def test_same_random_state_same_model(digits):
     assert not all(np.array_equal(u, v) for u, v in zip(a.network_weights_, c.network_weights_))
 
 
+def test_xla_compiled_training_matches_the_plain_one(digits):
+    """``jit_compile=True`` trains the same model (XLA-compiled step and queries, dropout
+    masks included) up to float rounding."""
+    X_train, X_test, y_train, _ = digits
+    kw = dict(max_epochs=1, sum_channels=8, n_components=8, random_state=3)
+    plain = DGCSPNClassifier(**kw).fit(X_train[:256], y_train[:256])
+    compiled = DGCSPNClassifier(jit_compile=True, **kw).fit(X_train[:256], y_train[:256])
+    assert compiled._learner._mask_plan  # the compiled step is given its dropout masks
+    for u, v in zip(plain.network_weights_, compiled.network_weights_):
+        np.testing.assert_allclose(u, v, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(compiled.predict_proba(X_test), plain.predict_proba(X_test),
+                               atol=1e-3)
+
+
 def test_early_stopping_and_partial_fit(digits):
     X_train, X_test, y_train, y_test = digits
     clf = DGCSPNClassifier(max_epochs=30, early_stopping=True, n_iter_no_change=2,

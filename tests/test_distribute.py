@@ -153,6 +153,14 @@ def test_imputer_under_strategy(strategy, digits_with_nan):
     np.testing.assert_array_equal(completed[observed], X[observed])
 
 
+def test_xla_classifier_is_refused_under_a_strategy(strategy, digits_split):
+    X_train, _, y_train, _ = digits_split
+    with pytest.raises(ValueError, match="jit_compile=True is not available under a "
+                                         "tf.distribute strategy"):
+        _fit(DGCSPNClassifier(jit_compile=True, max_epochs=1, sum_channels=4,
+                              n_components=4), X_train[:64], y_train[:64], strategy=strategy)
+
+
 def test_unsupported_strategy_is_refused(digits_with_nan):
     central = getattr(tf.distribute.experimental, "CentralStorageStrategy", None)
     if central is None:
