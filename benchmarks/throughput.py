@@ -262,8 +262,8 @@ def run_subprocess(cmd, env=None, timeout=1800):
             rows.append(obj)
     error = None
     if rc != 0:
-        tail = "\n".join(l for l in (err or "").splitlines()
-                         if not l.startswith(("I0000", "W0000", "WARNING: All log")))[-1500:]
+        tail = "\n".join(line for line in (err or "").splitlines()
+                         if not line.startswith(("I0000", "W0000", "WARNING: All log")))[-1500:]
         error = f"exit {rc}" + (" (killed: out of memory?)" if rc == -9 else "") + ": " + tail
     return rows, info, describe, error, time.perf_counter() - t0
 
@@ -567,7 +567,6 @@ def main(argv=None):
     except Exception:  # noqa: BLE001
         meta["tf_version"], meta["devices"] = "?", "?"
 
-    md_parts = []
     out_json = RESULTS / f"throughput{args.tag}.json"
     payload = json.loads(out_json.read_text()) if out_json.exists() and args.no_main else {}
     if not args.no_main:
