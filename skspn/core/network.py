@@ -188,10 +188,13 @@ class DGCSPN(tf.Module):
         def layer_keys(i):
             return keyed_random.fold_in(sample_keys, i)
 
+        if keep_masks is not None:  # made beforehand, in the order of dropout_plan
+            given = {stream: mask for (stream, _, _), mask in
+                     zip(self.dropout_plan(product_dropout, input_dropout), keep_masks)}
+
         def keep_mask(like, stream, rate):  # like [H, W, B, ...]: samples on axis 2
             if keep_masks is not None:
-                streams = [e[0] for e in self.dropout_plan(product_dropout, input_dropout)]
-                return keep_masks[streams.index(stream)]
+                return given[stream]
             return _keep_mask(like, layer_keys(stream), rate)
 
         x = leaf_lp

@@ -323,8 +323,11 @@ class GenerativeDGCSPN(BaseDGCSPN):
         self._check_fitted()
         if not isinstance(n_samples, Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        return self._draw(n_samples, check_random_state(random_state))
+
+    def _draw(self, n_samples, rng):
+        """``sample`` after its checks: ``(n_samples, n_features)`` draws."""
         empty = np.full((n_samples,) + self.image_shape_, np.nan, np.float32)
-        rng = check_random_state(random_state)
         ops = self._get_ops()
         seed = self._seed_pair(rng)
         z = self._map_batches(lambda b, start: ops.complete(b, "sample", seed, start).numpy(),

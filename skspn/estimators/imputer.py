@@ -240,28 +240,15 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
             chosen = np.minimum(chosen, len(self.estimators_) - 1)
         return completed[chosen, np.arange(len(images))]
 
-    def sample(self, n_samples=1, random_state=None):
-        """Draw samples from the fitted model (with ``n_networks > 1``, their mixture).
-
-        Parameters
-        ----------
-        n_samples : int, default=1
-        random_state : int, RandomState or None
-
-        Returns
-        -------
-        X : ndarray of shape (n_samples, n_features)
-        """
+    def _draw(self, n_samples, rng):
         if not hasattr(self, "estimators_"):
-            return super().sample(n_samples, random_state)
-        if not isinstance(n_samples, Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-        rng = check_random_state(random_state)
+            return super()._draw(n_samples, rng)
+        # The uniform mixture: each draw from a network picked uniformly.
         chosen = rng.randint(len(self.estimators_), size=n_samples)
         out = np.empty((n_samples, self.n_features_in_), np.float64)
         for m in np.unique(chosen):
             rows = chosen == m
-            out[rows] = self.estimators_[m].sample(int(rows.sum()), rng)
+            out[rows] = self.estimators_[m]._draw(int(rows.sum()), rng)
         return out
 
     def transform(self, X):
