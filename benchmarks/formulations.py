@@ -10,7 +10,8 @@ Standalone (does not change skspn): times, on the tensor shapes of a real networ
 3. ``--routing``: the backward of the hard-unweighted routing sum (random tie-breaking
    argmax) against cheaper tie-breaking;
 4. ``--products``: the depthwise and one-hot products, strided slices (current) against
-   one-hot ``conv2d`` (libspn-keras' formulation) and other forms.
+   one-hot ``conv2d`` (libspn-keras' formulation) and other forms; the stride-2 product as
+   strided slices against unit-stride slices of 2x2 blocks (current).
 
 Each timing is the minimum (and median) over repeated calls of a ``tf.function`` after two
 warm-up calls; the minimum is the least disturbed by other processes on a shared machine.
@@ -330,6 +331,18 @@ def _depthwise_conv(x, d, pad):
     return tf.transpose(tf.reshape(y, [b, c, y.shape[1], y.shape[2]]), [2, 3, 0, 1])
 
 
+def _stride2_slices(x):
+    """2x2 stride-2 depthwise product (the classifier's first layers) as strided slices."""
+    return tf.add_n([x[a::2, b::2] for a in (0, 1) for b in (0, 1)])
+
+
+def _stride2_blocks(x):
+    """The same as unit-stride slices of the input viewed as 2x2 blocks (current)."""
+    h, w = x.shape[0] // 2, x.shape[1] // 2
+    blocks = tf.reshape(x, tf.concat([[h, 2, w, 2], tf.shape(x)[2:]], 0))
+    return tf.add_n([blocks[:, a, :, b] for a in (0, 1) for b in (0, 1)])
+
+
 def _onehot_broadcast(x):
     # current one-hot (all combinations) product, kernel 2x2, d=1, full padding
     x = tf.pad(x, [[1, 1], [1, 1], [0, 0], [0, 0]])
@@ -413,6 +426,12 @@ def products(out=None, log=print):
         run(f"two_pass(d={d})", lambda a, d=d: _depthwise_two_pass(a, d, d), x, ref)
         run(f"slices_custom_grad(d={d})", lambda a, d=d: _depthwise_slices_custom_grad(a, d, d), x, ref)
         run(f"conv2d_ones(d={d})", lambda a, d=d: _depthwise_conv(a, d, d), x, ref)
+    x = tf.constant(rng.standard_normal((28, 28, 128, 32)).astype(np.float32))
+    ref = _stride2_slices(x).numpy()
+    refs[0] = _stride2_slices
+    log("  depthwise 2x2 stride 2, input [28, 28, 128, 32] (the classifier's first product)")
+    run("stride2_slices", _stride2_slices, x, ref)
+    run("stride2_blocks", _stride2_blocks, x, ref)
     x = tf.constant(rng.standard_normal((28, 28, 64, 4)).astype(np.float32))
     ref = _onehot_broadcast(x).numpy()
     refs[0] = _onehot_broadcast

@@ -824,3 +824,36 @@ def test_fused_product_sum_equals_separate_layers(case, monkeypatch):
             np.testing.assert_allclose(value, separate[key], rtol=1e-4, atol=1e-5, err_msg=key)
         else:  # hard choices: identical (no near-ties with generic weights)
             np.testing.assert_array_equal(value, separate[key], err_msg=key)
+
+
+# Strided products take their children as unit-stride slices of the input viewed as blocks
+# (``Product._blocked``); the reference is the plain strided slices.
+@pytest.mark.parametrize("kernel, strides, dilations, padding", [
+    ((2, 2), (2, 2), 1, "valid"),           # the classifier's non-overlapping layers
+    ((2, 2), (3, 2), 1, "valid"),           # the last block reaches past the input
+    ((2, 2), (3, 3), 1, "full"),
+    ((1, 2), (1, 2), 1, ((0, 0), (1, 1))),  # a strip: kernel 1 on the first axis
+    ((2, 2), (3, 4), (2, 3), "full"),       # dilated offsets inside the stride
+])
+def test_blocked_children_equal_strided_slices(kernel, strides, dilations, padding,
+                                               monkeypatch):
+    import dataclasses
+
+    from skspn.core.products import Product
+    from skspn.core.scopes import ResolvedProduct
+
+    shape = (8, 9)
+    spec = product_spec(kernel, strides=strides, dilations=dilations, padding=padding)
+    # One layer on its own (no full-scope top needed): all output cells of each axis.
+    out_shape = tuple(op.n_out_unpadded(n) for op, n in zip(spec.axes, shape))
+    axes = tuple(dataclasses.replace(op, out_size=n) for op, n in zip(spec.axes, out_shape))
+    product = Product(ResolvedProduct(spec=spec, in_shape=shape, out_shape=out_shape,
+                                      axes=axes), in_channels=3)
+    assert product._blocked()
+    x = tf.constant(np.random.default_rng(0).normal(size=shape + (2, 3)), tf.float32)
+    blocked = [c.numpy() for c in product._children(x, pad_value=0.5)]
+    monkeypatch.setattr(Product, "_blocked", lambda self: False)
+    strided = [c.numpy() for c in product._children(x, pad_value=0.5)]
+    assert len(blocked) == len(strided) == int(np.prod(kernel))
+    for b, s in zip(blocked, strided):
+        np.testing.assert_array_equal(b, s)
