@@ -857,3 +857,44 @@ def test_blocked_children_equal_strided_slices(kernel, strides, dilations, paddi
     assert len(blocked) == len(strided) == int(np.prod(kernel))
     for b, s in zip(blocked, strided):
         np.testing.assert_array_equal(b, s)
+
+
+@pytest.mark.parametrize("leaf_kind", ["normal", "categorical"])
+def test_compiled_leaf_log_prob_equals_plain(leaf_kind, monkeypatch):
+    """Images of at least ``XLA_MIN_CELLS`` pixels compute the leaf log-probs as one
+    XLA-compiled function; values and gradients (leaf parameters included) are those of
+    the plain TensorFlow function. Here every image counts as large."""
+    from skspn.core import network
+
+    rng = np.random.default_rng(5)
+    shape = (3, 4)
+    if leaf_kind == "normal":
+        leaf = NormalLeaf(rng.normal(size=shape + (1, 3)),
+                          scale=rng.uniform(0.5, 2, shape + (1, 3)), trainable=True)
+        x = rng.normal(size=(6,) + shape)
+    else:
+        leaf = CategoricalLeaf(rng.normal(size=shape + (1, 3, 4)))
+        x = rng.integers(0, 4, size=(6,) + shape).astype(np.float64)
+    x[rng.random(x.shape) < 0.3] = np.nan
+    products = plan(shape, "one_hot")
+    net = DGCSPN(shape, leaf, products, [3] * (len(products) - 1), seed=0)
+    xt = to_tf(x)
+
+    def run():
+        with tf.GradientTape() as tape:
+            lp = net.leaf_log_prob(xt)
+            ll = net.log_likelihood(xt)
+            loss = tf.reduce_sum(ll) + 0.1 * tf.reduce_sum(lp)
+        leaf_grads, grads = tape.gradient(loss, [leaf.trainable_variables,
+                                                 net.trainable_variables])
+        return [lp.numpy(), ll.numpy()] + [g.numpy() for g in leaf_grads + grads]
+
+    monkeypatch.setattr(network, "XLA_MIN_CELLS", 0)
+    compiled = run()
+    assert net._leaf_log_prob_fn.experimental_get_tracing_count() >= 1
+    monkeypatch.setattr(network, "XLA_MIN_CELLS", 10 ** 9)
+    plain = run()
+    assert len(leaf.trainable_variables) > 0
+    assert all(np.any(g != 0) for g in compiled[2:2 + len(leaf.trainable_variables)])
+    for a, b in zip(compiled, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -24,7 +24,7 @@ import tensorflow as tf
 from . import keyed_random
 from .leaves import Leaf
 from .product_sum import product_sum
-from .products import Product
+from .products import XLA_MIN_CELLS, Product
 from .scopes import ProductSpec, resolve
 from .sums import LOG_ZERO, SpatialSum, routed_sum
 
@@ -122,6 +122,8 @@ class DGCSPN(tf.Module):
         if n_classes:
             self.class_prior = SpatialSum(1, n_classes, 1, log_space=log_space,
                                           init=np.zeros((1, n_classes, 1)), name="class_prior")
+        self._leaf_log_prob_fn = tf.function(self._leaf_log_prob, jit_compile=True,
+                                             autograph=False)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -153,6 +155,15 @@ class DGCSPN(tf.Module):
     # ------------------------------------------------------------------ forward
     def leaf_log_prob(self, x):
         """``x`` ``[B, H, W, n_colors]`` (NaN = missing) -> leaf log-probs ``[H, W, B, K]``."""
+        # The transpose, the missing-value masks and the Normal density are a chain of
+        # elementwise passes over [H, W, B, K], which XLA fuses into one: 29 -> 7 ms on the
+        # MNIST classifier's 32 components at batch 128. Small images (XLA_MIN_CELLS, as
+        # for the products) do not repay a compilation per input shape.
+        if int(np.prod(self.spatial_shape)) >= XLA_MIN_CELLS:
+            return self._leaf_log_prob_fn(x)
+        return self._leaf_log_prob(x)
+
+    def _leaf_log_prob(self, x):
         return self.leaf.log_prob(tf.transpose(x, [1, 2, 0, 3]))
 
     def forward_from_leaves(self, leaf_lp, log_weights=None, routing="gradient", seed=None,
