@@ -898,3 +898,22 @@ def test_compiled_leaf_log_prob_equals_plain(leaf_kind, monkeypatch):
     assert all(np.any(g != 0) for g in compiled[2:2 + len(leaf.trainable_variables)])
     for a, b in zip(compiled, plain):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_whole_step_xla_leaves_the_leaf_log_probs_to_its_own_compilation(jit, monkeypatch):
+    """A step compiled by XLA as a whole computes the leaf log-probs inside its own
+    compilation: the compiled leaf function nested in an XLA gradient step made the MNIST
+    classifier's Adam step 30x slower. Without step-level XLA, large images use it."""
+    from skspn.core import network
+    from skspn.core.learning import CompiledOps, GradientLearner
+
+    monkeypatch.setattr(network, "XLA_MIN_CELLS", 0)  # every image counts as large
+    net = bernoulli_net((3, 3), plan((3, 3)), n_classes=2)
+    x = (np.random.default_rng(7).random((8, 3, 3, 1)) < 0.5).astype(np.float32)
+    y = np.arange(8, dtype=np.int32) % 2
+    GradientLearner(net, "ce", 1e-2, 0.0, 0.0, jit_compile=jit).step(
+        x, np.ones(8, np.float32), np.array([1, 2], np.int64), y)
+    CompiledOps(net, jit_compile=jit).log_likelihood(x)
+    traces = net._leaf_log_prob_fn.experimental_get_tracing_count()
+    assert traces == (0 if jit else 1)

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from .distribute import DataParallel
-from .network import DGCSPN
+from .network import DGCSPN, traced_for_xla
 
 EM_ROUTINGS = {"hard_em": "hard", "hard_em_unweighted": "hard_unweighted", "soft_em": "soft"}
 
@@ -231,8 +231,16 @@ def _compiled(fn, input_signature, jit_compile):
     function retracing and printed a spurious warning. A partial has no code object and
     gets a count of its own; a function that really retraces still warns.
     """
+    if jit_compile:
+        return tf.function(functools.partial(_trace_for_xla, fn),
+                           input_signature=input_signature, jit_compile=True, autograph=False)
     return tf.function(functools.partial(fn), input_signature=input_signature,
-                       jit_compile=jit_compile, autograph=False)
+                       jit_compile=False, autograph=False)
+
+
+def _trace_for_xla(fn, *args):
+    with traced_for_xla():
+        return fn(*args)
 
 
 def _data_parallel(strategy, jit_compile, network):
