@@ -1,6 +1,7 @@
 """DGCSPNDensityEstimator and DGCSPNImputer: learning, exact likelihoods, completions."""
 
 import itertools
+import logging
 import pickle
 
 import numpy as np
@@ -252,10 +253,35 @@ def test_unknown_impute_method(fitted_density):
 
 
 # ---------------------------------------------------------------------- several networks
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
-def imputer_ensemble(digits_split):
-    return DGCSPNImputer(n_networks=3, max_epochs=2, sum_channels=4, random_state=0).fit(
-        digits_split[0][:300])
+def ensemble_and_warnings(digits_split):
+    """A fitted 3-network imputer, and the warnings logged while it was fitted and first
+    queried by every completion method (each network traces its functions then)."""
+    records = _Records()
+    logging.getLogger().addHandler(records)
+    try:
+        imp = DGCSPNImputer(n_networks=3, max_epochs=2, sum_channels=4, random_state=0).fit(
+            digits_split[0][:300])
+        X = _bottom_half_missing(digits_split[1][:20])
+        for method in ("marginal", "mpe", "sample"):
+            imp.impute(X, method=method, random_state=0)
+    finally:
+        logging.getLogger().removeHandler(records)
+    return imp, records.messages
+
+
+@pytest.fixture(scope="module")
+def imputer_ensemble(ensemble_and_warnings):
+    return ensemble_and_warnings[0]
 
 
 def test_ensemble_networks_are_independently_seeded(imputer_ensemble):
@@ -327,12 +353,8 @@ def test_ensemble_refit_pickle_and_partial_fit(digits_split):
     assert len(fresh.estimators_) == 2 and fresh.n_iter_ == 1
 
 
-def test_several_networks_do_not_warn_of_retracing(digits_split, caplog):
+def test_several_networks_do_not_warn_of_retracing(ensemble_and_warnings):
     # Each network traces its own compiled functions once; TensorFlow's detector of
     # frequent retracing must not take those first traces for one function retracing.
-    X = _bottom_half_missing(digits_split[1][:20])
-    imp = DGCSPNImputer(n_networks=2, max_epochs=1, sum_channels=2, random_state=0)
-    imp.fit(digits_split[0][:64])
-    for method in ("marginal", "mpe", "sample"):
-        imp.impute(X, method=method, random_state=0)
-    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+    _, warnings = ensemble_and_warnings
+    assert not [message for message in warnings if "retracing" in message]
