@@ -106,6 +106,9 @@ def test_classifier_training_matches_single_device_with_dropout(strategy, digits
     np.testing.assert_array_equal(single.predict(X_test), mirrored.predict(X_test))
 
 
+# Slow (20 s of 20 epochs): the tests above already show that two replicas train the same
+# model as one device, whose accuracy test_classifier.py checks.
+@pytest.mark.slow
 def test_classifier_digits_accuracy_on_two_replicas(strategy, digits_split):
     """The suite's single-device accuracy bar (test_classifier.py), on two replicas."""
     X_train, X_test, y_train, y_test = digits_split
