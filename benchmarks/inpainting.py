@@ -453,6 +453,8 @@ ABLATION_GRID = [
                                         "n_networks": 4}),
     ("feature + epoch + n_networks=8", {"standardize": "feature", "em_update": "epoch",
                                         "n_networks": 8}),
+    ("feature + epoch + sum_channels=32 + n_networks=4", {
+        "standardize": "feature", "em_update": "epoch", "sum_channels": 32, "n_networks": 4}),
     # Soft EM (expected counts) and Adam on the NLL with trained leaf means and scales.
     ("learning=soft_em + em_update=epoch", {"learning": "soft_em", "em_update": "epoch"}),
     ("feature + epoch + soft_em", {"standardize": "feature", "em_update": "epoch",
