@@ -416,29 +416,29 @@ def products(out=None, log=print):
                 res.append(dict(variant=name, jit=jit, error=f"{type(exc).__name__}: {exc}"[:500]))
                 log(f"    {name:22s} jit={int(jit)} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
 
+    def compare(title, x, variants):
+        """Time each ``(name, fn)`` on ``x``; the first is the reference of the others."""
+        refs[0] = variants[0][1]
+        ref = refs[0](x).numpy()
+        log(f"  {title}")
+        for name, fn in variants:
+            run(name, fn, x, ref)
+
     for d, hw in ((2, 29), (16, 43)):
-        x = tf.constant(rng.standard_normal((hw, hw, 64, 16)).astype(np.float32))
-        pad = d
-        ref = _depthwise_slices(x, d, pad).numpy()
-        refs[0] = lambda a, d=d: _depthwise_slices(a, d, d)
-        log(f"  depthwise 2x2 d={d} full padding, input [H={hw}, W={hw}, B=64, C=16]")
-        run(f"slices_add_n(d={d})", lambda a, d=d: _depthwise_slices(a, d, d), x, ref)
-        run(f"two_pass(d={d})", lambda a, d=d: _depthwise_two_pass(a, d, d), x, ref)
-        run(f"slices_custom_grad(d={d})", lambda a, d=d: _depthwise_slices_custom_grad(a, d, d), x, ref)
-        run(f"conv2d_ones(d={d})", lambda a, d=d: _depthwise_conv(a, d, d), x, ref)
-    x = tf.constant(rng.standard_normal((28, 28, 128, 32)).astype(np.float32))
-    ref = _stride2_slices(x).numpy()
-    refs[0] = _stride2_slices
-    log("  depthwise 2x2 stride 2, input [28, 28, 128, 32] (the classifier's first product)")
-    run("stride2_slices", _stride2_slices, x, ref)
-    run("stride2_blocks", _stride2_blocks, x, ref)
-    x = tf.constant(rng.standard_normal((28, 28, 64, 4)).astype(np.float32))
-    ref = _onehot_broadcast(x).numpy()
-    refs[0] = _onehot_broadcast
-    log("  one-hot 2x2 (4^4 = 256 channels) d=1 full padding, input [28, 28, 64, 4]")
-    run("broadcast_add", _onehot_broadcast, x, ref)
-    run("pairwise_broadcast", _onehot_pairwise, x, ref)
-    run("conv2d_onehot_kernel", _onehot_conv, x, ref)
+        compare(f"depthwise 2x2 d={d} full padding, input [H={hw}, W={hw}, B=64, C=16]",
+                tf.constant(rng.standard_normal((hw, hw, 64, 16)).astype(np.float32)),
+                [(f"slices_add_n(d={d})", lambda a, d=d: _depthwise_slices(a, d, d)),
+                 (f"two_pass(d={d})", lambda a, d=d: _depthwise_two_pass(a, d, d)),
+                 (f"slices_custom_grad(d={d})",
+                  lambda a, d=d: _depthwise_slices_custom_grad(a, d, d)),
+                 (f"conv2d_ones(d={d})", lambda a, d=d: _depthwise_conv(a, d, d))])
+    compare("depthwise 2x2 stride 2, input [28, 28, 128, 32] (the classifier's first product)",
+            tf.constant(rng.standard_normal((28, 28, 128, 32)).astype(np.float32)),
+            [("stride2_slices", _stride2_slices), ("stride2_blocks", _stride2_blocks)])
+    compare("one-hot 2x2 (4^4 = 256 channels) d=1 full padding, input [28, 28, 64, 4]",
+            tf.constant(rng.standard_normal((28, 28, 64, 4)).astype(np.float32)),
+            [("broadcast_add", _onehot_broadcast), ("pairwise_broadcast", _onehot_pairwise),
+             ("conv2d_onehot_kernel", _onehot_conv)])
     if out is not None:
         out["products"] = res
 

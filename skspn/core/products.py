@@ -94,9 +94,9 @@ class Product(tf.Module):
                                              strides + [1, 1], end_mask=0b1100))
         return children
 
-    # Slices with a stride > 1 run a slow generic kernel in TensorFlow on CPU: the four
-    # forward pass of the classifier's first 2x2 stride-2 product ([28, 28, 128, 32] input)
-    # took 35 ms as strided slices and 4.3 ms as unit-stride slices of the input viewed as
+    # Slices with a stride > 1 run a slow generic kernel in TensorFlow on CPU: the forward
+    # pass of the classifier's first 2x2 stride-2 product ([28, 28, 128, 32] input) took
+    # 35 ms as strided slices and 4.3 ms as unit-stride slices of the input viewed as
     # blocks (benchmarks/formulations.py --products). XLA compiles both alike (2.4-2.8 ms).
     def _blocked(self):
         """Whether the product is strided and every kernel offset lies inside one stride, so
