@@ -786,6 +786,12 @@ FUSED_CASES = {
     "1x5-onehot-stride2": {},  # interleave backward
     "3x3-onehot-subset": {},  # a one-hot channel subset (computed in log space, then scaled)
     "3x3-onehot-shared-counts": dict(name="3x3-onehot", shared=True, log_space=False),
+    # Fused layers on fused layers: Product.scaled_from multiplies the values below.
+    "2x3-onehot-maxdepth": {},
+    "3x3-depthwise-stride2-maxdepth": {},  # interleave, then shifted windows
+    # Log-weights down to about -60: a depthwise product of the fused layer's values could
+    # underflow, so Product.scaled_from takes the log-values instead of multiplying.
+    "2x3-onehot-maxdepth-extreme-weights": dict(name="2x3-onehot-maxdepth", weight_scale=8.0),
 }
 
 
@@ -799,8 +805,22 @@ def test_fused_product_sum_equals_separate_layers(case, monkeypatch):
 
     monkeypatch.setattr(products, "XLA_MIN_CELLS", 0)
     over = dict(FUSED_CASES[case])
+    weight_scale = over.pop("weight_scale", None)
     net = build(over.pop("name", case), seed=31, **over)
     assert any(p.scalable for p in net.products[:len(net.sums)])
+    if weight_scale is not None:
+        for layer in net.sums:
+            layer.accumulator.assign(layer.accumulator * weight_scale)
+
+    def multiplies():  # per fused layer on a fused layer: values multiplied, not logs
+        lw = net.log_weights()
+        return [len(p.offsets) * float(tf.reduce_min(lw[i])) >= products.LINEAR_MIN_LOG
+                for i, p in enumerate(net.products[1:len(net.sums)]) if p.scalable]
+
+    if case in ("3x3-onehot", "3x3-onehot-subset", "3x3-onehot-shared-counts"):
+        assert multiplies() == []
+    else:
+        assert multiplies() and all(multiplies()) == (weight_scale is None)
     rng = np.random.default_rng(32)
     shape = net.spatial_shape
     x = np.concatenate([rng.integers(0, 2, size=(5,) + shape).astype(np.float64),
@@ -901,19 +921,24 @@ def test_compiled_leaf_log_prob_equals_plain(leaf_kind, monkeypatch):
 
 
 @pytest.mark.parametrize("jit", [False, True])
-def test_whole_step_xla_leaves_the_leaf_log_probs_to_its_own_compilation(jit, monkeypatch):
-    """A step compiled by XLA as a whole computes the leaf log-probs inside its own
-    compilation: the compiled leaf function nested in an XLA gradient step made the MNIST
-    classifier's Adam step 30x slower. Without step-level XLA, large images use it."""
-    from skspn.core import network
+def test_whole_step_xla_leaves_leaves_and_products_to_its_own_compilation(jit, monkeypatch):
+    """A step compiled by XLA as a whole computes the leaf log-probs and the products of
+    fused layers inside its own compilation: the compiled leaf function nested in an XLA
+    gradient step made the MNIST classifier's Adam step 30x slower, and the choice between
+    the compiled multiplying and log-value products made the inpainting net's compiled
+    forward pass slower. Without step-level XLA, large layers use them."""
+    from skspn.core import network, products
     from skspn.core.learning import CompiledOps, GradientLearner
 
     monkeypatch.setattr(network, "XLA_MIN_CELLS", 0)  # every image counts as large
-    net = bernoulli_net((3, 3), plan((3, 3)), n_classes=2)
-    x = (np.random.default_rng(7).random((8, 3, 3, 1)) < 0.5).astype(np.float32)
+    monkeypatch.setattr(products, "XLA_MIN_CELLS", 0)
+    net = bernoulli_net((2, 3), plan((2, 3), depth="max"), n_classes=2)
+    x = (np.random.default_rng(7).random((8, 2, 3, 1)) < 0.5).astype(np.float32)
     y = np.arange(8, dtype=np.int32) % 2
     GradientLearner(net, "ce", 1e-2, 0.0, 0.0, jit_compile=jit).step(
         x, np.ones(8, np.float32), np.array([1, 2], np.int64), y)
     CompiledOps(net, jit_compile=jit).log_likelihood(x)
     traces = net._leaf_log_prob_fn.experimental_get_tracing_count()
     assert traces == (0 if jit else 1)
+    traces = [p._scaled_linear_fn.experimental_get_tracing_count() for p in net.products[1:3]]
+    assert traces == ([0, 0] if jit else [1, 1])

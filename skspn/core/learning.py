@@ -24,7 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 from .distribute import DataParallel
-from .network import DGCSPN, traced_for_xla
+from .network import DGCSPN
+from .products import traced_for_xla
 
 EM_ROUTINGS = {"hard_em": "hard", "hard_em_unweighted": "hard_unweighted", "soft_em": "soft"}
 

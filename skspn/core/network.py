@@ -18,16 +18,13 @@ cells-major ``[H, W, B, C]`` so that per-cell sums are plain batched matmuls.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import numpy as np
 import tensorflow as tf
 
 from . import keyed_random
 from .leaves import Leaf
-from .product_sum import product_sum
-from .products import XLA_MIN_CELLS, Product
+from .product_sum import product_of, product_sum, to_log_values
+from .products import XLA_MIN_CELLS, Product, tracing_for_xla
 from .scopes import ProductSpec, resolve
 from .sums import LOG_ZERO, SpatialSum, routed_sum
 
@@ -36,24 +33,6 @@ _SEED_SPEC = tf.TensorSpec([2], tf.int64)
 #: Salt of the leaf draws of ``complete(method='sample')``; the layers' streams are their
 #: index, 500 / 501 (top sums), 1000 (input dropout) and 2000 + index (product dropout).
 _LEAF_STREAM = 1_000_000
-
-
-# Set while a function that XLA compiles as a whole is traced (``traced_for_xla``): the
-# leaf log-probs are then left to that compilation. A compiled leaf function nested in an
-# XLA-compiled gradient step made the MNIST classifier's Adam step 30x slower (16 against
-# 600 images/s at batch 128).
-_WHOLE_XLA = threading.local()
-
-
-@contextlib.contextmanager
-def traced_for_xla():
-    """Context for tracing a function compiled by XLA as a whole (``jit_compile=True``)."""
-    previous = getattr(_WHOLE_XLA, "tracing", False)
-    _WHOLE_XLA.tracing = True
-    try:
-        yield
-    finally:
-        _WHOLE_XLA.tracing = previous
 
 
 def _keep_mask_impl(like, keys, rate):
@@ -181,7 +160,7 @@ class DGCSPN(tf.Module):
         # MNIST classifier's 32 components at batch 128. Small images (XLA_MIN_CELLS, as
         # for the products) do not repay a compilation per input shape.
         if (int(np.prod(self.spatial_shape)) >= XLA_MIN_CELLS
-                and not getattr(_WHOLE_XLA, "tracing", False)):
+                and not tracing_for_xla()):
             return self._leaf_log_prob_fn(x)
         return self._leaf_log_prob(x)
 
@@ -240,14 +219,14 @@ class DGCSPN(tf.Module):
                 x = product_sum(product, self.sums[i], x, log_weights[i], routing,
                                 layer_keys(i))
                 continue
-            x = product(x)
+            x = product_of(product, x)
             if product_dropout > 0.0:  # drop product nodes: log 0
                 keep = keep_mask(x, 2000 + i, product_dropout)
                 x = tf.where(keep, x, tf.fill(tf.shape(x), LOG_ZERO))
             if i < len(self.sums):
                 x = self.sums[i](x, log_weights[i], routing, layer_keys(i))
         (h0, nh), (w0, nw) = self.report.top_index
-        x = x[h0:h0 + nh, w0:w0 + nw]  # full-scope cells only (completeness)
+        x = to_log_values(x)[h0:h0 + nh, w0:w0 + nw]  # full-scope cells only (completeness)
         batch = tf.shape(x)[2]
         x = tf.reshape(tf.transpose(x, [2, 0, 1, 3]), [1, batch, self.n_top_inputs])
         top = routed_sum(x, log_weights[len(self.sums)], routing, layer_keys(500))

@@ -21,10 +21,58 @@ The 256-channel product of the MNIST inpainting net and its max-scaled exponenti
 from __future__ import annotations
 
 import weakref
+from typing import NamedTuple
 
 import tensorflow as tf
 
-from .sums import _weighted_scores, choose, routing_keys, scaled_matmul, soft_route
+from .sums import _stable_max, _weighted_scores, choose, routing_keys, scaled_matmul, soft_route
+
+
+class ScaledValues(NamedTuple):
+    """A fused layer's output, the log-values ``log(s) + m``, kept in two parts.
+
+    The next fused layer multiplies the ``s`` directly (``Product.scaled_from``), so the
+    log of every value is never taken between fused layers; ``to_log_values`` forms the
+    log-values where a plain layer needs them.
+
+    Gradient convention: the gradient (or routed signal) that these ops pass for ``s`` is
+    the one with respect to the log-values ``log(s) + m``, and the one for ``m`` is
+    unused (zero). Both ends of every pair are ops of this module, which keep to it, so
+    the gradients outside (at the leaves and the log-weights) are the true ones;
+    ``g / s`` and back would overflow where ``s`` is tiny.
+    """
+
+    s: tf.Tensor  # [H, W, B, C], positive
+    m: tf.Tensor  # [H, W, B, 1]
+    log_floor: tf.Tensor  # scalar, a lower bound of log(s) (see Product.scaled_from)
+
+
+def to_log_values(x):
+    """The log-values of ``x``: ``log(s) + m`` for ``ScaledValues``, a tensor as it is."""
+    if not isinstance(x, ScaledValues):
+        return x
+
+    @tf.custom_gradient
+    def op(s, m):
+        def grad(g):
+            return g, tf.zeros_like(m)  # the ScaledValues gradient convention
+        return tf.math.log(s) + m, grad
+
+    return op(x.s, x.m)
+
+
+def product_of(product, x):
+    """``product(to_log_values(x))``, from ``ScaledValues`` in one pass where it can."""
+    if not isinstance(x, ScaledValues) or product._backward_kind() is None:
+        return product(to_log_values(x))
+
+    @tf.custom_gradient
+    def op(s, m):
+        def grad(g):
+            return product.backward(g), tf.zeros_like(m)  # the ScaledValues convention
+        return product.forward_from_scaled(s, m), grad
+
+    return op(x.s, x.m)
 
 
 def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None):
@@ -36,8 +84,8 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None):
         A product with a hand-written transpose (``product.scalable``).
     spatial_sum : SpatialSum
         The sum layer after it.
-    x : Tensor ``[H_in, W_in, B, C_in]``
-        Log-values of the product's input.
+    x : Tensor ``[H_in, W_in, B, C_in]`` or ScaledValues
+        Log-values of the product's input, or the output of the fused layer below.
     log_w : Tensor ``[N | 1, C, C_out]``
         The sum's normalised log-weights.
     routing, keys
@@ -45,32 +93,42 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None):
 
     Returns
     -------
-    Tensor ``[H_out, W_out, B, C_out]``
+    ScaledValues of shapes ``[H_out, W_out, B, C_out]`` and ``[H_out, W_out, B, 1]``:
+        the log-values of the sum (``to_log_values``).
     """
     if not product.scalable:
         raise ValueError(f"{product.name} cannot be fused with the sum after it")
     (h_out, w_out), n_cells = product.out_shape, spatial_sum.n_cells
     c_in, c_out = spatial_sum.in_channels, spatial_sum.out_channels
-    batch = tf.shape(x)[2]
+    scaled_input = isinstance(x, ScaledValues)
+    batch = tf.shape(x.s if scaled_input else x)[2]
     keys = routing_keys(routing, keys, batch)
     shared = log_w.shape[0] == 1 and n_cells != 1
+    # The sum's inputs p have maximum 1 per (cell, sample), so every output s_o is at
+    # least the weight of the child at that maximum (also for max routing below).
+    log_floor = tf.stop_gradient(tf.reduce_min(log_w))
 
-    @tf.custom_gradient
-    def op(x, log_w):
-        p, m = product.scaled(x)
+    def layer(inputs, log_w):
+        if scaled_input:
+            p, m = product.scaled_from(*inputs, x.log_floor)
+        else:
+            p, m = product.scaled(*inputs)
         p = tf.reshape(p, [n_cells, batch, c_in])
         m = tf.reshape(m, [n_cells, batch, 1])
         lw = tf.broadcast_to(log_w, [n_cells, c_in, c_out])
         w = tf.exp(log_w)
         if routing == "max":
             s = None
-            out = tf.reduce_max(_weighted_scores(tf.math.log(p), lw), axis=2) + m
+            out = tf.reduce_max(_weighted_scores(tf.math.log(p), lw), axis=2)
+            top = _stable_max(out, -1)
+            s_out, m_out = tf.exp(out - top), m + top
         else:
-            s = scaled_matmul(p, w)
-            out = tf.math.log(s) + m
+            s = s_out = scaled_matmul(p, w)
+            m_out = m
 
-        def grad(g):
-            g = tf.reshape(g, [n_cells, batch, c_out])
+        def grad(g_s, g_m=None):
+            del g_m  # unused: the ScaledValues gradient convention
+            g = tf.reshape(g_s, [n_cells, batch, c_out])
             backward = _backward
             # Hard choices (max, compare, select, argmax, one-hot, shifted windows) fuse
             # well under XLA; the soft pass is mostly batched matmuls, which XLA ran slower.
@@ -82,11 +140,20 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None):
             dx, dlw = backward(product, routing, p, w, s, lw, g, keys)
             if shared:
                 dlw = tf.reduce_sum(dlw, axis=0, keepdims=True)
+            if scaled_input:  # the signal of the log-values goes to s (convention above)
+                return dx, tf.zeros_like(inputs[1]), dlw
             return dx, dlw
 
-        return tf.reshape(out, [h_out, w_out, batch, c_out]), grad
+        return (tf.reshape(s_out, [h_out, w_out, batch, c_out]),
+                tf.reshape(m_out, [h_out, w_out, batch, 1])), grad
 
-    return op(x, log_w)
+    if scaled_input:
+        op = tf.custom_gradient(lambda s, m, log_w: layer((s, m), log_w))
+        s_out, m_out = op(x.s, x.m, log_w)
+    else:
+        op = tf.custom_gradient(lambda x, log_w: layer((x,), log_w))
+        s_out, m_out = op(x, log_w)
+    return ScaledValues(s_out, m_out, log_floor)
 
 
 def _backward(product, routing, p, w, s, lw, g, keys):
