@@ -165,8 +165,10 @@ def _backward(product, routing, p, w, s, lw, g, keys):
         h_out, w_out = product.out_shape
         return product.backward(tf.reshape(dx, [h_out, w_out, batch, c_in])), dlw
     # log p differs from the product's log-values by m, constant per (cell, sample): the
-    # same choices.
-    sel, signal = choose(tf.math.log(p), lw, g, keys, routing)
+    # same choices. Unweighted choices compare p itself (no log of [N, B, C_in]; the first
+    # sum of the MNIST inpainting net has 256 children per cell).
+    scores = p if routing == "hard_unweighted" else tf.math.log(p)
+    sel, signal = choose(scores, lw, g, keys, routing)
     dx = product.transpose(_child_signals(product, sel, signal))
     # Counts: the signal of channel o* goes to (sel, o*); a segment sum, as a one-hot
     # matmul would write [N, B, C_in] again.
