@@ -16,6 +16,10 @@ as the digits of the chosen channel, without a one-hot tensor over all combinati
 The 256-channel product of the MNIST inpainting net and its max-scaled exponentials took
 108 ms as log-values (broadcast add, max, exp) and 35 ms as a product of exponentials
 (batch 128, CPU); see benchmarks/README.md for whole-network figures.
+
+The sum's output leaves the op as ``ScaledValues`` (``s = p @ w`` and ``m``), not as
+log-values: a fused layer above multiplies the ``s`` of its children, and the logs are
+taken only where a plain layer needs log-values (``to_log_values``, ``product_of``).
 """
 
 from __future__ import annotations
