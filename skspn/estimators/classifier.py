@@ -72,7 +72,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         Continue from the previous fit's weights and optimiser state.
     jit_compile : bool, default=False
         Compile the training step and the queries with XLA. On the paper's MNIST
-        classifier the Adam step ran 1.2-1.4x faster on a CPU in the latest benchmark
+        classifier the Adam step ran 1.1-1.4x faster on a CPU in the latest benchmark
         (batch 64-512, ``benchmarks/README.md``), but compiling takes 6-10 s instead of
         1-3 s: worth it for long fits, not for small ones. Not available under a ``tf.distribute``
         strategy.
