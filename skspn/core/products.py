@@ -240,14 +240,14 @@ class Product(tf.Module):
         log_floor : scalar Tensor
             A lower bound of ``log(s)``.
         """
-        if self.mode != "depthwise" or tracing_for_xla():
-            return self._scaled_log(s, m)
-        linear = log_floor * len(self.offsets) >= LINEAR_MIN_LOG
         if self.compile_large:
-            return tf.cond(linear, lambda: self._scaled_linear_fn(s, m),
-                           lambda: self._scaled_log_fn(s, m))
-        return tf.cond(linear, lambda: self._scaled_linear_impl(s, m),
-                       lambda: self._scaled_log_impl(s, m))
+            multiplied, from_logs = self._scaled_linear_fn, self._scaled_log_fn
+        else:
+            multiplied, from_logs = self._scaled_linear_impl, self._scaled_log_impl
+        if self.mode != "depthwise" or tracing_for_xla():
+            return from_logs(s, m)
+        linear = log_floor * len(self.offsets) >= LINEAR_MIN_LOG
+        return tf.cond(linear, lambda: multiplied(s, m), lambda: from_logs(s, m))
 
     def forward_from_scaled(self, s, m):
         """The output log-values (``__call__``) from the input's ``log(s) + m``: the logs
@@ -257,9 +257,6 @@ class Product(tf.Module):
         if int(np.prod(self.resolved.in_shape)) >= XLA_MIN_CELLS and not tracing_for_xla():
             return self._forward_from_scaled_fn(s, m)
         return self._forward(tf.math.log(s) + m)
-
-    def _scaled_log(self, s, m):
-        return self._scaled_log_fn(s, m) if self.compile_large else self._scaled_log_impl(s, m)
 
     def _scaled_log_impl(self, s, m):
         return self._scaled_impl(tf.math.log(s) + m)
