@@ -455,6 +455,14 @@ ABLATION_GRID = [
                                         "n_networks": 8}),
     ("feature + epoch + sum_channels=32 + n_networks=4", {
         "standardize": "feature", "em_update": "epoch", "sum_channels": 32, "n_networks": 4}),
+    # Wider sums, the first one most (results/inpainting_ablation_n10000_wide.md).
+    ("feature + epoch + sum_channels=64", {"standardize": "feature", "em_update": "epoch",
+                                           "sum_channels": 64}),
+    ("feature + epoch + sum_channels=64-32-32-32-16", {
+        "standardize": "feature", "em_update": "epoch", "sum_channels": [64, 32, 32, 32, 16]}),
+    ("feature + epoch + sum_channels=64-32-32-32-16 + n_networks=4", {
+        "standardize": "feature", "em_update": "epoch", "sum_channels": [64, 32, 32, 32, 16],
+        "n_networks": 4}),
     # Soft EM (expected counts) and Adam on the NLL with trained leaf means and scales.
     ("learning=soft_em + em_update=epoch", {"learning": "soft_em", "em_update": "epoch"}),
     ("feature + epoch + soft_em", {"standardize": "feature", "em_update": "epoch",
