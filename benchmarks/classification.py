@@ -62,7 +62,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -70,6 +69,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+from _provenance import cpu_model, git_state
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -406,17 +406,12 @@ def versions():
 
     import skspn
 
-    try:
-        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=HERE,
-                                         text=True).strip()
-        dirty = bool(subprocess.check_output(["git", "status", "--porcelain", "skspn"],
-                                             cwd=HERE.parent, text=True).strip())
-    except Exception:  # noqa: BLE001 - not a git checkout
-        commit, dirty = None, None
+    state = git_state()
     return dict(python=platform.python_version(), numpy=np.__version__,
                 scikit_learn=sklearn.__version__, tensorflow=tf.__version__,
-                skspn=skspn.__version__, git_commit=commit, skspn_tree_dirty=dirty,
-                platform=platform.platform(), cpu_count=os.cpu_count())
+                skspn=skspn.__version__, git_commit=state["git_commit"],
+                skspn_tree_dirty=state["git_dirty_skspn"], platform=platform.platform(),
+                cpu=cpu_model(), cpu_count=os.cpu_count())
 
 
 def _pct(x):

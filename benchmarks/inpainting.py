@@ -42,6 +42,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from _provenance import cpu_model, git_state
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Single-threaded BLAS: multi-threaded OpenBLAS made BayesianRidge (IterativeImputer) ~30x
@@ -302,28 +303,16 @@ def write_figure(path, X_test, completions, side, n_images=8):
 
 
 # --------------------------------------------------------------------------- runs
-def _git(cmd):
-    """Output of a git command in the repository ('' if git is unavailable)."""
-    import subprocess
-    try:
-        return subprocess.run(["git", *cmd], cwd=os.path.dirname(RESULTS_DIR), text=True,
-                              capture_output=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
 def versions():
     """Library versions recorded with every result."""
     import sklearn
     import tensorflow as tf
 
     import skspn
-    return {"git_commit": _git(["rev-parse", "HEAD"]),
-            "git_dirty_skspn": bool(_git(["status", "--porcelain", "skspn"])),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "scikit-learn": sklearn.__version__, "tensorflow": tf.__version__,
-            "skspn": skspn.__version__, "platform": platform.platform(),
-            "cpu_count": os.cpu_count()}
+    return {**git_state(), "cpu": cpu_model(), "python": platform.python_version(),
+            "numpy": np.__version__, "scikit-learn": sklearn.__version__,
+            "tensorflow": tf.__version__, "skspn": skspn.__version__,
+            "platform": platform.platform(), "cpu_count": os.cpu_count()}
 
 
 def run_dataset(spec, mode, args):
@@ -535,7 +524,7 @@ def run_ablation(args, only=None, previous=None, on_progress=None):
             rows.append({"label": label, "params": dict(params, max_epochs=ep),
                          "fit_seconds": fit_seconds, "scores": scores,
                          "train_log_likelihood": list(imputer.history_),
-                         "git_commit": _git(["rev-parse", "HEAD"])})
+                         "git_commit": git_state()["git_commit"]})
             print(f"  {label}: bottom {scores['honest']['bottom']['mse']:.0f} left "
                   f"{scores['honest']['left']['mse']:.0f} ({fit_seconds:.0f}s)", flush=True)
             if on_progress is not None:

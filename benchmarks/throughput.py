@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _provenance import cpu_model, git_state
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -349,8 +350,11 @@ def best_rows(results):
 def write_markdown(results, meta, path):
     table = best_rows(results)
     lines = ["# Throughput (images / second)", ""]
-    lines.append(f"Measured {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs, devices "
-                 f"{meta['devices']}), TensorFlow {meta['tf_version']}; mode: {meta['mode']}. "
+    lines.append(f"Measured {meta['date']} on {meta['machine']} {meta.get('cpu', '')} "
+                 f"({meta['cpus']} CPUs, devices "
+                 f"{meta['devices']}), TensorFlow {meta['tf_version']}; mode: {meta['mode']}; "
+                 f"commit {(meta.get('git_commit') or '?')[:7]}"
+                 f"{' with uncommitted changes in skspn/' if meta.get('git_dirty_skspn') else ''}. "
                  "Median of repeated steps after compilation; peak memory is the process's "
                  "max RSS (TensorFlow runtime included). 1-min load average during the run: "
                  f"{meta.get('loadavg_range', '?')} (other jobs shared the CPUs).")
@@ -556,9 +560,9 @@ def main(argv=None):
         loads.append(os.getloadavg()[0])
         print(f"[{time.time() - t_start:7.1f} s] {msg}", flush=True)
 
-    meta = dict(date=time.strftime("%Y-%m-%d %H:%M"), machine=platform.machine() + " " + platform.processor(),
-                cpus=os.cpu_count(), python=platform.python_version(),
-                mode="quick" if args.quick else "full")
+    meta = dict(date=time.strftime("%Y-%m-%d %H:%M"), machine=platform.machine(),
+                cpu=cpu_model(), cpus=os.cpu_count(), python=platform.python_version(),
+                mode="quick" if args.quick else "full", **git_state())
     probe = subprocess.run([sys.executable, "-c", "import tensorflow as tf, json; print(json.dumps("
                             "[tf.__version__, [d.device_type for d in tf.config.list_logical_devices()]]))"],
                            capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
