@@ -452,6 +452,9 @@ ABLATION_GRID = [
     ("feature + epoch + sum_channels=64-32-32-32-16 + n_networks=4", {
         "standardize": "feature", "em_update": "epoch", "sum_channels": [64, 32, 32, 32, 16],
         "n_networks": 4}),
+    ("feature + epoch + sum_channels=64-32-32-32-16 + n_networks=8", {
+        "standardize": "feature", "em_update": "epoch", "sum_channels": [64, 32, 32, 32, 16],
+        "n_networks": 8}),
     # Soft EM (expected counts) and Adam on the NLL with trained leaf means and scales.
     ("learning=soft_em + em_update=epoch", {"learning": "soft_em", "em_update": "epoch"}),
     ("feature + epoch + soft_em", {"standardize": "feature", "em_update": "epoch",
