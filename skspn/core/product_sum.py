@@ -197,10 +197,10 @@ def _child_signals(product, sel, signal):
     h_out, w_out = product.out_shape
     batch = tf.shape(sel)[1:2]
     if product.mode == "one_hot" and product.channel_index is None:
-        n, radix = len(product.offsets), product.in_channels
+        radix = product.in_channels
         shape = tf.concat([[h_out, w_out], batch, [radix]], 0)
-        return [tf.reshape(tf.one_hot((sel // radix ** (n - 1 - i)) % radix, radix) * signal,
-                           shape) for i in range(n)]
+        return [tf.reshape(tf.one_hot(digit, radix) * signal, shape)
+                for digit in product.combination_digits(sel)]
     onehot = tf.one_hot(sel, product.out_channels) * signal
     return product._channel_grads(
         tf.reshape(onehot, tf.concat([[h_out, w_out], batch, [product.out_channels]], 0)))

@@ -95,12 +95,8 @@ class Product(tf.Module):
                 rng = np.random.default_rng(0) if rng is None else rng
                 codes = rng.choice(n_all, size=cap, replace=False) if n_all < 2**62 else \
                     rng.integers(0, n_all, size=cap)
-                codes = np.sort(codes)
-                digits = []
-                for _ in range(n_children):  # mixed-radix digits of each combination code
-                    digits.append(codes % self.in_channels)
-                    codes = codes // self.in_channels
-                self._subset_digits = np.stack(digits[::-1]).astype(np.int32)
+                digits = self.combination_digits(np.sort(codes))
+                self._subset_digits = np.stack(digits).astype(np.int32)
                 self.channel_index = tf.constant(self._subset_digits)
                 self.out_channels = int(cap)
         else:
@@ -114,6 +110,13 @@ class Product(tf.Module):
         self._forward_from_scaled_fn = tf.function(
             lambda s, m: self._forward(tf.math.log(s) + m), jit_compile=True, autograph=False)
         self._backward_fn = tf.function(self._backward, jit_compile=True, autograph=False)
+
+    def combination_digits(self, codes):
+        """Each child's channel in the combinations ``codes`` (numpy or TensorFlow integers):
+        their mixed-radix digits in base ``in_channels``, first child most significant, one
+        array per child (the order of ``offsets``)."""
+        n, radix = len(self.offsets), self.in_channels
+        return [(codes // radix ** (n - 1 - i)) % radix for i in range(n)]
 
     def _children(self, x, pad_value=0.0):
         paddings = [[op.pad_before, op.pad_after] for op in self.axes] + [[0, 0], [0, 0]]
@@ -327,9 +330,8 @@ class Product(tf.Module):
         n, c_in = len(self.offsets), self.in_channels
         if self.channel_index is not None:
             digits = self._subset_digits  # [n, C_out]
-        else:  # all combinations: mixed-radix digits, first child most significant
-            codes = np.arange(self.out_channels)
-            digits = np.stack([(codes // c_in ** (n - 1 - i)) % c_in for i in range(n)])
+        else:  # all combinations
+            digits = self.combination_digits(np.arange(self.out_channels))
         matrix = np.zeros((self.out_channels, n * c_in), dtype.as_numpy_dtype)
         for i in range(n):
             matrix[np.arange(self.out_channels), i * c_in + digits[i]] = 1
