@@ -169,13 +169,20 @@ def full_image_stats(X):
 
 @contextlib.contextmanager
 def standardize_as(estimator, mode):
-    """Temporarily set ``estimator.standardize`` (valid because 'sample' has no fitted state)."""
-    old = estimator.standardize
-    estimator.set_params(standardize=mode)
+    """Temporarily set ``estimator.standardize`` (valid because 'sample' has no fitted state).
+
+    With ``n_networks > 1`` each network scales its own input, so theirs is set too;
+    otherwise the networks would standardise the already standardised images again.
+    """
+    estimators = [estimator] + list(getattr(estimator, "estimators_", []))
+    old = [e.standardize for e in estimators]
+    for e in estimators:
+        e.set_params(standardize=mode)
     try:
         yield estimator
     finally:
-        estimator.set_params(standardize=old)
+        for e, o in zip(estimators, old):
+            e.set_params(standardize=o)
 
 
 def spn_complete(imputer, X_test, mask, protocol, method="marginal"):
@@ -315,6 +322,33 @@ def versions():
             "platform": platform.platform(), "cpu_count": os.cpu_count()}
 
 
+def make_setups(args):
+    """``(label, estimator parameters, protocols)`` of the SPN set-ups to fit.
+
+    ``args.setups``: comma-separated ``usi``, ``weighted`` (the paper's set-ups, per-image
+    standardisation, both protocols) or ``tuned`` (``TUNED``, honest protocol only), each
+    optionally ``:N`` for N networks averaged (``n_networks``). Default: all three, plus
+    ``tuned:N`` for ``--n-networks N``.
+    """
+    spec = args.setups or ",".join(
+        ["usi", "weighted", "tuned"] + [f"tuned:{args.n_networks}"] * (args.n_networks > 1))
+    setups = []
+    for item in spec.split(","):
+        name, _, n = item.strip().partition(":")
+        if name not in (*LEARNINGS, "tuned") or (n and not n.isdigit()):
+            raise SystemExit(f"unknown set-up {item!r} in --setups (usi, weighted or tuned, "
+                             "optionally :N with N a number of networks)")
+        if name in LEARNINGS:
+            label, params, protocols = name, {"learning": LEARNINGS[name], "em_update":
+                                              args.em_update, "standardize": "sample"}, PROTOCOLS
+        else:
+            label, params, protocols = TUNED[0], dict(TUNED[1]), ("honest",)
+        if n and int(n) > 1:
+            label, params = f"{label}, {int(n)} networks", dict(params, n_networks=int(n))
+        setups.append((label, params, protocols))
+    return setups
+
+
 def run_dataset(spec, mode, args):
     """Train every architecture x learning on one dataset, score SPNs and baselines."""
     n_train, n_test, epochs = spec.sizes[mode]
@@ -328,15 +362,15 @@ def run_dataset(spec, mode, args):
            "batch_size": args.batch_size, "tol": tol, "em_update": args.em_update,
            "data_seed": args.seed, "paper_table1": spec.paper, "models": [], "baselines": {}}
     figure_completions = None
-    for arch, (params, description) in spec.architectures.items():
-        setups = [(key, {"learning": learning, "em_update": args.em_update,
-                         "standardize": "sample"}, PROTOCOLS)
-                  for key, learning in LEARNINGS.items()]
-        setups.append((TUNED[0], TUNED[1], ("honest",)))
-        if args.n_networks > 1:
-            setups.append((f"{TUNED[0]}, {args.n_networks} networks",
-                           dict(TUNED[1], n_networks=args.n_networks), ("honest",)))
-        for key, setup, protocols in setups:
+    architectures = args.architectures.split(",") if args.architectures else list(
+        spec.architectures)
+    unknown = set(architectures) - set(spec.architectures)
+    if unknown:
+        raise SystemExit(f"{spec.name} has no architecture {sorted(unknown)}; it has "
+                         f"{list(spec.architectures)}")
+    for arch in architectures:
+        params, description = spec.architectures[arch]
+        for key, setup, protocols in make_setups(args):
             p = dict(params, **setup)
             imputer, fit_seconds = fit_spn(X_train, p, epochs, args.batch_size, tol,
                                            args.seed, args.verbose)
@@ -609,7 +643,14 @@ def parse_args(argv=None):
                    help="online = the paper's online hard EM (default)")
     p.add_argument("--n-networks", type=int, default=1,
                    help="also fit the tuned set-up with this many networks (n_networks), "
-                        "their completions averaged")
+                        "their completions averaged (same as adding tuned:N to --setups; "
+                        "not used when --setups is given)")
+    p.add_argument("--setups", default=None,
+                   help="comma-separated SPN set-ups to fit: usi, weighted, tuned, each "
+                        "optionally :N for N networks averaged (default: usi,weighted,tuned "
+                        "and tuned:N for --n-networks N)")
+    p.add_argument("--architectures", default=None,
+                   help="comma-separated architectures to fit (Olivetti: A, B~; default all)")
     p.add_argument("--iterative-max-iter", type=int, default=3)
     p.add_argument("--n-nearest-features", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
