@@ -356,21 +356,23 @@ def run_dataset(spec, mode, args):
     n_test = args.n_test or n_test
     epochs = args.epochs or epochs
     tol = None if mode == "quick" else 0.1
-    X_train, X_test = load_dataset(spec.name, n_train, n_test, args.seed)
-    print(f"[{spec.name}] train {X_train.shape} test {X_test.shape} epochs {epochs}", flush=True)
-    out = {"n_train": len(X_train), "n_test": len(X_test), "epochs": epochs,
-           "batch_size": args.batch_size, "tol": tol, "em_update": args.em_update,
-           "data_seed": args.seed, "paper_table1": spec.paper, "models": [], "baselines": {}}
-    figure_completions = None
+    # Bad --setups / --architectures stop the run before any data is loaded.
+    setups = make_setups(args)
     architectures = args.architectures.split(",") if args.architectures else list(
         spec.architectures)
     unknown = set(architectures) - set(spec.architectures)
     if unknown:
         raise SystemExit(f"{spec.name} has no architecture {sorted(unknown)}; it has "
                          f"{list(spec.architectures)}")
+    X_train, X_test = load_dataset(spec.name, n_train, n_test, args.seed)
+    print(f"[{spec.name}] train {X_train.shape} test {X_test.shape} epochs {epochs}", flush=True)
+    out = {"n_train": len(X_train), "n_test": len(X_test), "epochs": epochs,
+           "batch_size": args.batch_size, "tol": tol, "em_update": args.em_update,
+           "data_seed": args.seed, "paper_table1": spec.paper, "models": [], "baselines": {}}
+    figure_completions = None
     for arch in architectures:
         params, description = spec.architectures[arch]
-        for key, setup, protocols in make_setups(args):
+        for key, setup, protocols in setups:
             p = dict(params, **setup)
             imputer, fit_seconds = fit_spn(X_train, p, epochs, args.batch_size, tol,
                                            args.seed, args.verbose)
