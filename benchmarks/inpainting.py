@@ -483,6 +483,8 @@ ABLATION_GRID = [
     # Wider sums, the first one most (results/inpainting_ablation_n10000_wide.md).
     ("feature + epoch + sum_channels=64", {"standardize": "feature", "em_update": "epoch",
                                            "sum_channels": 64}),
+    ("feature + epoch + sum_channels=64 + n_networks=4", {
+        "standardize": "feature", "em_update": "epoch", "sum_channels": 64, "n_networks": 4}),
     ("feature + epoch + sum_channels=64-32-32-32-16", {
         "standardize": "feature", "em_update": "epoch", "sum_channels": [64, 32, 32, 32, 16]}),
     ("feature + epoch + sum_channels=64-32-32-32-16 + n_networks=4", {
@@ -687,6 +689,10 @@ def main(argv=None):
             with open(path) as fh:
                 previous = json.load(fh)
         only = args.ablation_rows.split(",") if args.ablation_rows else None
+        unknown = set(only or ()) - {label for label, _ in ABLATION_GRID} - {"base"}
+        if unknown:  # before any data is loaded
+            raise SystemExit(f"unknown --ablation-rows {sorted(unknown)}; the grid has: "
+                             + "; ".join(label for label, _ in ABLATION_GRID))
         run_ablation(args, only=only, previous=previous, on_progress=progress)
         return
     mode = "quick" if args.quick else "full"
