@@ -169,20 +169,14 @@ def full_image_stats(X):
 
 @contextlib.contextmanager
 def standardize_as(estimator, mode):
-    """Temporarily set ``estimator.standardize`` (valid because 'sample' has no fitted state).
-
-    With ``n_networks > 1`` each network scales its own input, so theirs is set too;
-    otherwise the networks would standardise the already standardised images again.
-    """
-    estimators = [estimator] + list(getattr(estimator, "estimators_", []))
-    old = [e.standardize for e in estimators]
-    for e in estimators:
-        e.set_params(standardize=mode)
+    """Temporarily set ``estimator.standardize`` (valid because 'sample' has no fitted state;
+    an ``n_networks > 1`` imputer scales once with its own setting, not its networks')."""
+    old = estimator.standardize
+    estimator.set_params(standardize=mode)
     try:
         yield estimator
     finally:
-        for e, o in zip(estimators, old):
-            e.set_params(standardize=o)
+        estimator.set_params(standardize=old)
 
 
 def spn_complete(imputer, X_test, mask, protocol, method="marginal"):

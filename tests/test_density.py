@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+from scipy.special import logsumexp
 from sklearn.datasets import load_digits
 from sklearn.impute import SimpleImputer
 
@@ -331,6 +332,48 @@ def test_ensemble_mpe_and_sample_use_the_most_probable_network(imputer_ensemble,
     assert np.array_equal(draws, again)
     samples = imputer_ensemble.sample(7, random_state=0)
     assert samples.shape == (7, 64) and np.isfinite(samples).all()
+
+
+def test_ensemble_follows_standardize_set_after_fit(imputer_ensemble, digits_split):
+    # 'sample' and None keep no fitted state, so a set_params after fit acts at query
+    # time; the mixture scales once with its own setting, as a single network does (its
+    # networks' copies of the parameter, still 'sample', must not scale a second time).
+    X = digits_split[1][:20]
+    mean, std = X.mean(axis=1, keepdims=True), X.std(axis=1, keepdims=True)
+    Z = _bottom_half_missing((X - mean) / std)
+    members = imputer_ensemble.estimators_
+    as_sample = imputer_ensemble.impute(Z, random_state=0)
+    imputer_ensemble.set_params(standardize=None)
+    try:
+        ours = imputer_ensemble.impute(Z, random_state=0)
+        scores = imputer_ensemble.score_samples(Z)
+        draws = imputer_ensemble.sample(5, random_state=0)
+        for m in members:
+            m.set_params(standardize=None)
+        expected = np.mean([m.impute(Z, random_state=0) for m in members], axis=0)
+        expected_scores = logsumexp([m.score_samples(Z) for m in members], axis=0) - np.log(3)
+    finally:
+        for e in [imputer_ensemble] + members:
+            e.set_params(standardize="sample")
+    assert np.abs(ours - as_sample).max() > 0.1  # the setting changed the completion
+    assert np.allclose(ours, expected, atol=1e-4)
+    assert np.allclose(scores, expected_scores, atol=1e-6)
+    assert draws.shape == (5, 64) and np.isfinite(draws).all()
+
+
+def test_feature_statistics_do_not_outlive_a_refit(digits_split):
+    X = digits_split[0][:200]
+    est = DGCSPNDensityEstimator(max_epochs=1, sum_channels=4, random_state=0)
+    est.fit(X)
+    assert hasattr(est, "feature_mean_")
+    est.set_params(standardize="sample").fit(X)
+    assert not hasattr(est, "feature_mean_")
+    est.set_params(standardize="feature")  # the network was fitted on per-image scaling
+    for query in (est.score_samples, est.impute):
+        with pytest.raises(ValueError, match="standardize='feature'.*fit it again"):
+            query(X[:3])
+    with pytest.raises(ValueError, match="fit it again"):
+        est.sample(2)
 
 
 def test_ensemble_refit_pickle_and_partial_fit(digits_split):

@@ -113,6 +113,10 @@ class BaseDGCSPN(BaseEstimator):
 
     def _fit_scaler(self, images):
         """Per-feature statistics for ``standardize='feature'``."""
+        # A refit with another setting must not leave an earlier fit's statistics behind:
+        # switching to 'feature' after it would scale with them.
+        self.__dict__.pop("feature_mean_", None)
+        self.__dict__.pop("feature_scale_", None)
         if self._standardize_mode() == "feature":
             with np.errstate(all="ignore"):
                 mean = np.nanmean(images, axis=0)
@@ -122,10 +126,18 @@ class BaseDGCSPN(BaseEstimator):
             self.feature_mean_, self.feature_scale_ = (mean.astype(np.float32),
                                                        std.astype(np.float32))
 
+    def _check_feature_scaler(self):
+        if not hasattr(self, "feature_mean_"):
+            raise ValueError(
+                "standardize='feature' needs the per-feature statistics of a fit with "
+                "standardize='feature'; this estimator was fitted with "
+                "another setting (set_params after fit): fit it again")
+
     def _scale(self, images):
         """Standardise; returns ``(z, offset, scale)`` with ``images = z * scale + offset``."""
         mode = self._standardize_mode()
         if mode == "feature":
+            self._check_feature_scaler()
             offset, scale = self.feature_mean_[None], self.feature_scale_[None]
         elif mode == "sample":
             observed = ~np.isnan(images)

@@ -248,9 +248,13 @@ class GenerativeDGCSPN(BaseDGCSPN):
     def _log_likelihood(self, images):
         """``score_samples`` of validated ``images`` ``(n, H, W, C)`` (NaN = missing)."""
         z, _, scale = self._scale(images)
+        return self._log_likelihood_scaled(z) + self._log_jacobian(images, scale)
+
+    def _log_likelihood_scaled(self, z, batch_size=None):
+        """The network's log-likelihoods of already standardised images ``z``."""
         ops = self._get_ops()
-        ll = self._map_batches(lambda b, _: ops.log_likelihood(b).numpy(), z)
-        return ll.astype(np.float64) + self._log_jacobian(images, scale)
+        ll = self._map_batches(lambda b, _: ops.log_likelihood(b).numpy(), z, batch_size)
+        return ll.astype(np.float64)
 
     def score(self, X, y=None):
         """Mean log-likelihood of ``X`` (see ``score_samples``)."""
@@ -296,13 +300,17 @@ class GenerativeDGCSPN(BaseDGCSPN):
         """Completions of ``images``; ``seed`` keys the random draws of row ``i`` with
         ``i`` (so a row's result does not depend on the batching)."""
         z, offset, scale = self._scale(images)
+        return (self._complete_scaled(z, method, seed) * scale + offset).astype(np.float64)
+
+    def _complete_scaled(self, z, method, seed, batch_size=None):
+        """The network's completions of already standardised images ``z`` (same scale)."""
         ops = self._get_ops()
+        batch_size = batch_size or self.batch_size
         # MPE's max-product forward holds [cells, batch, C_in, C_out]: use smaller batches.
-        batch = max(1, min(self.batch_size, 32)) if method == "mpe" else self.batch_size
-        done = self._map_batches(
-            lambda b, start: ops.complete(b, method, seed, start).numpy(), z, batch)
-        values = done * scale + offset
-        return values.astype(np.float64)
+        if method == "mpe":
+            batch_size = max(1, min(batch_size, 32))
+        return self._map_batches(
+            lambda b, start: ops.complete(b, method, seed, start).numpy(), z, batch_size)
 
     def sample(self, n_samples=1, random_state=None):
         """Draw samples from the fitted model.
@@ -327,14 +335,19 @@ class GenerativeDGCSPN(BaseDGCSPN):
 
     def _draw(self, n_samples, rng):
         """``sample`` after its checks: ``(n_samples, n_features)`` draws."""
+        return self._unscale_draws(self._draw_scaled(n_samples, rng))
+
+    def _draw_scaled(self, n_samples, rng, batch_size=None):
+        """``(n_samples, H, W, C)`` draws of the network, on its standardised scale."""
         empty = np.full((n_samples,) + self.image_shape_, np.nan, np.float32)
-        ops = self._get_ops()
-        seed = self._seed_pair(rng)
-        z = self._map_batches(lambda b, start: ops.complete(b, "sample", seed, start).numpy(),
-                              empty)
+        return self._complete_scaled(empty, "sample", self._seed_pair(rng), batch_size)
+
+    def _unscale_draws(self, z):
+        """Draws back on ``X``'s scale (``'sample'`` has no scale to return to)."""
         if self._standardize_mode() == "feature":
+            self._check_feature_scaler()
             z = z * self.feature_scale_[None] + self.feature_mean_[None]
-        return z.reshape(n_samples, -1).astype(np.float64)
+        return z.reshape(len(z), -1).astype(np.float64)
 
 
 class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):

@@ -38,7 +38,9 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         from the complete training images; ``'feature'`` scales it exactly as in training.
         In the inpainting benchmark (``benchmarks/README.md``) ``'feature'`` completed the
         Olivetti faces better, MNIST about as well and Fashion-MNIST better on bottom
-        halves but worse on left halves.
+        halves but worse on left halves. ``'sample'`` and None keep no fitted statistics,
+        so a ``set_params`` after ``fit`` between them acts at the next query (None for
+        images the caller standardised); ``'feature'`` needs a fit with ``'feature'``.
     n_networks : int, default=1
         Number of networks, fitted independently on all of ``X`` with different random
         states. Together they are the uniform mixture of their distributions:
@@ -215,7 +217,12 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
 
     def _network_log_likelihoods(self, images):
         """``(n_networks, n_samples)`` log-likelihoods of the observed entries."""
-        return np.stack([e._log_likelihood(images) for e in self.estimators_])
+        # The mixture scales once, with its own query-time settings (``standardize``,
+        # ``batch_size``), so a set_params after fit acts as on a single network.
+        z, _, scale = self._scale(images)
+        log_jacobian = self._log_jacobian(images, scale)
+        return np.stack([e._log_likelihood_scaled(z, self.batch_size) + log_jacobian
+                         for e in self.estimators_])
 
     def _complete(self, images, method, rng):
         if not hasattr(self, "estimators_"):
@@ -223,8 +230,10 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         # One seed for all networks, drawn as a single network draws it, so every row is
         # completed by each network exactly as that network alone would (same random_state).
         seed = self._seed_pair(rng)
-        completed = np.stack([e._complete_seeded(images, method, seed)
-                              for e in self.estimators_])
+        z, offset, scale = self._scale(images)
+        completed = np.stack([e._complete_scaled(z, method, seed, self.batch_size)
+                              for e in self.estimators_]) * scale + offset
+        completed = completed.astype(np.float64)
         if method == "marginal":
             return completed.mean(axis=0)
         # 'mpe': the network most probable given the observed entries; 'sample': a network
@@ -245,11 +254,12 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
             return super()._draw(n_samples, rng)
         # The uniform mixture: each draw from a network picked uniformly.
         chosen = rng.randint(len(self.estimators_), size=n_samples)
-        out = np.empty((n_samples, self.n_features_in_), np.float64)
+        out = np.empty((n_samples,) + self.image_shape_, np.float32)
         for m in np.unique(chosen):
             rows = chosen == m
-            out[rows] = self.estimators_[m]._draw(int(rows.sum()), rng)
-        return out
+            out[rows] = self.estimators_[m]._draw_scaled(int(rows.sum()), rng,
+                                                         self.batch_size)
+        return self._unscale_draws(out)
 
     def transform(self, X):
         """Impute all missing entries of ``X``.
