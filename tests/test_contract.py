@@ -214,6 +214,12 @@ def test_dataframe_input_and_pandas_output(digits):
     assert isinstance(out, pd.DataFrame) and list(out.columns) == list(df.columns)
     assert list(imp.get_feature_names_out()) == list(df.columns)
     assert not out.isna().any().any()
+    # A placeholder in a DataFrame is read as missing; NaN then is bad input.
+    placeholder = DGCSPNImputer(**SMALL, missing_values=-1).fit(df)
+    out = placeholder.transform(df_missing.fillna(-1))
+    assert (np.asarray(out)[:, 40:] != -1).all()
+    with pytest.raises(ValueError, match="contains NaN"):
+        placeholder.transform(df_missing)
 
 
 # --------------------------------------------------------------------------- bad input

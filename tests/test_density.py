@@ -236,6 +236,11 @@ def test_imputer_missing_values_placeholder(digits_split):
     online = [DGCSPNImputer(missing_values=mv, sum_channels=4, random_state=0).partial_fit(
         data).network_weights_ for mv, data in ((-1, X), (np.nan, X_nan))]
     assert all(np.array_equal(a, b) for a, b in zip(*online))
+    # With another placeholder NaN is bad input (as in sklearn.impute), not a second marker.
+    for call in (imp.transform, imp.fit, imp.partial_fit, DGCSPNImputer(
+            missing_values=-1, n_networks=2, max_epochs=1).fit):
+        with pytest.raises(ValueError, match="contains NaN, but missing_values=-1"):
+            call(X_nan)
 
 
 def test_imputer_mpe_completion(digits_split):

@@ -27,7 +27,9 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
     Parameters
     ----------
     missing_values : float, int or np.nan, default=np.nan
-        The placeholder for missing values; all its occurrences are imputed.
+        The placeholder for missing values; all its occurrences are imputed. With any
+        other value than NaN, NaN in ``X`` is an error (as in ``sklearn.impute``).
+        ``impute`` always takes NaN as its marker.
     completion : {'marginal', 'mpe'}, default='marginal'
         ``'marginal'``: posterior-weighted component modes (the paper's inpainting);
         ``'mpe'``: the max-product (MPE) completion.
@@ -120,9 +122,18 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         if self.missing_values is None or (isinstance(self.missing_values, float)
                                            and np.isnan(self.missing_values)):
             return X
+        # As sklearn.impute: with another placeholder, NaN is not a missing marker but bad
+        # input (it would otherwise be imputed silently as well).
+        nan_error = ValueError(
+            f"Input X contains NaN, but missing_values={self.missing_values!r} marks the "
+            "missing entries; use missing_values=np.nan to impute NaN")
         if hasattr(X, "columns"):
+            if X.isna().to_numpy().any():
+                raise nan_error
             return X.mask(X == self.missing_values)
         X = np.array(X, dtype=np.float64)
+        if np.isnan(X).any():
+            raise nan_error
         X[X == self.missing_values] = np.nan
         return X
 
