@@ -294,13 +294,11 @@ class GenerativeDGCSPN(BaseDGCSPN):
         return out
 
     def _complete(self, images, method, rng):
-        return self._complete_seeded(images, method, self._seed_pair(rng))
-
-    def _complete_seeded(self, images, method, seed):
-        """Completions of ``images``; ``seed`` keys the random draws of row ``i`` with
-        ``i`` (so a row's result does not depend on the batching)."""
+        """Completions of validated ``images``; one seed drawn from ``rng`` keys the random
+        draws of row ``i`` with ``i`` (so a row's result does not depend on the batching)."""
         z, offset, scale = self._scale(images)
-        return (self._complete_scaled(z, method, seed) * scale + offset).astype(np.float64)
+        completed = self._complete_scaled(z, method, self._seed_pair(rng))
+        return (completed * scale + offset).astype(np.float64)
 
     def _complete_scaled(self, z, method, seed, batch_size=None):
         """The network's completions of already standardised images ``z`` (same scale)."""

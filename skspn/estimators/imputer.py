@@ -219,58 +219,56 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
             super()._check_fitted()
 
     # ------------------------------------------------------------------ the mixture
-    def _log_likelihood(self, images):
+    # The networks share this imputer's scaling: the base class standardises once, with the
+    # mixture's own query-time settings (``standardize``, ``batch_size``, so a set_params
+    # after fit acts as on a single network), and calls the ``*_scaled`` methods below.
+    # The Jacobian of the scaling is common to all networks, so it changes neither the
+    # posterior over networks nor the choice made from it.
+    def _log_likelihood_scaled(self, z, batch_size=None):
         if not hasattr(self, "estimators_"):
-            return super()._log_likelihood(images)
-        # The uniform mixture of the networks: log (1/M) sum_m p_m(x_observed).
-        return logsumexp(self._network_log_likelihoods(images), axis=0) - np.log(
+            return super()._log_likelihood_scaled(z, batch_size)
+        # The uniform mixture of the networks: log (1/M) sum_m p_m(z_observed).
+        return logsumexp(self._network_log_likelihoods(z, batch_size), axis=0) - np.log(
             len(self.estimators_))
 
-    def _network_log_likelihoods(self, images):
-        """``(n_networks, n_samples)`` log-likelihoods of the observed entries."""
-        # The mixture scales once, with its own query-time settings (``standardize``,
-        # ``batch_size``), so a set_params after fit acts as on a single network.
-        z, _, scale = self._scale(images)
-        log_jacobian = self._log_jacobian(images, scale)
-        return np.stack([e._log_likelihood_scaled(z, self.batch_size) + log_jacobian
+    def _network_log_likelihoods(self, z, batch_size=None):
+        """``(n_networks, n_samples)`` log-likelihoods of the observed entries of ``z``."""
+        return np.stack([e._log_likelihood_scaled(z, batch_size or self.batch_size)
                          for e in self.estimators_])
 
-    def _complete(self, images, method, rng):
+    def _complete_scaled(self, z, method, seed, batch_size=None):
         if not hasattr(self, "estimators_"):
-            return super()._complete(images, method, rng)
-        # One seed for all networks, drawn as a single network draws it, so every row is
-        # completed by each network exactly as that network alone would (same random_state).
-        seed = self._seed_pair(rng)
-        z, offset, scale = self._scale(images)
-        completed = np.stack([e._complete_scaled(z, method, seed, self.batch_size)
-                              for e in self.estimators_]) * scale + offset
-        completed = completed.astype(np.float64)
+            return super()._complete_scaled(z, method, seed, batch_size)
+        # One seed for all networks, so every row is completed by each network exactly as
+        # that network alone would (same random_state).
+        completed = np.stack([e._complete_scaled(z, method, seed, batch_size or self.batch_size)
+                              for e in self.estimators_]).astype(np.float64)
         if method == "marginal":
             return completed.mean(axis=0)
         # 'mpe': the network most probable given the observed entries; 'sample': a network
         # drawn from that posterior (uniform prior), which makes the draw exact. Every
         # network completes every row (M times the work of completing only the rows it
         # wins), so that a row's draws do not depend on which other rows chose it.
-        log_post = self._network_log_likelihoods(images)
+        log_post = self._network_log_likelihoods(z, batch_size)
         if method == "mpe":
             chosen = np.argmax(log_post, axis=0)
         else:
-            cumulative = np.cumsum(softmax(log_post, axis=0), axis=0)
-            chosen = (rng.random_sample(len(images)) > cumulative).sum(axis=0)
+            uniform = np.random.RandomState(seed).random_sample(len(z))
+            chosen = (uniform > np.cumsum(softmax(log_post, axis=0), axis=0)).sum(axis=0)
             chosen = np.minimum(chosen, len(self.estimators_) - 1)
-        return completed[chosen, np.arange(len(images))]
+        return completed[chosen, np.arange(len(z))]
 
-    def _draw(self, n_samples, rng):
+    def _draw_scaled(self, n_samples, rng, batch_size=None):
         if not hasattr(self, "estimators_"):
-            return super()._draw(n_samples, rng)
+            return super()._draw_scaled(n_samples, rng, batch_size)
         # The uniform mixture: each draw from a network picked uniformly.
         chosen = rng.randint(len(self.estimators_), size=n_samples)
         out = np.empty((n_samples,) + self.image_shape_, np.float32)
         for m in np.unique(chosen):
             rows = chosen == m
             out[rows] = self.estimators_[m]._draw_scaled(int(rows.sum()), rng,
-                                                         self.batch_size)
-        return self._unscale_draws(out)
+                                                         batch_size or self.batch_size)
+        return out
 
     def transform(self, X):
         """Impute all missing entries of ``X``.
