@@ -20,7 +20,8 @@ backward pass sends the incoming signal to the children, chosen per call:
 ``max``
     forward is max-product; backward goes to the weighted argmax (MPE).
 
-Ties are broken uniformly at random, which matters when children are exactly equal
+Ties are broken uniformly at random (``max``: at the first maximiser, so that an MPE does
+not depend on the rest of the batch), which matters when children are exactly equal
 (e.g. components of a marginalised pixel or of a padded border cell). All random draws are
 keyed by the sample's index in the global batch (``keyed_random``), so a batch split over
 replicas routes every sample as the whole batch on one device would.
@@ -111,6 +112,11 @@ def choose(scores, log_w, g, keys, routing):
     if routing == "sample":  # Gumbel-max draw
         u = keyed_random.uniform(keys, tf.shape(z), 1)
         return tf.argmax(z - tf.math.log(-tf.math.log(u)), axis=-1, output_type=tf.int32), signal
+    if routing == "max":
+        # Any maximiser is an MPE; the first one makes a row's MPE completion deterministic,
+        # whatever its position in the batch (random tie-breaks are keyed by that position,
+        # and ties are common: equal weights over the components of a missing pixel).
+        return tf.argmax(z, axis=-1, output_type=tf.int32), signal
     return _random_argmax(z, 2, keys), signal
 
 

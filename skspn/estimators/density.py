@@ -272,7 +272,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
             ``'sample'``: a draw from the conditional distribution given the observed
             entries.
         random_state : int, RandomState or None
-            Tie-breaking and sampling randomness.
+            Randomness of ``method='sample'`` (the MPE is deterministic).
 
         Returns
         -------
