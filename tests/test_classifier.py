@@ -133,6 +133,17 @@ def test_sample_weight_zero_ignores_samples(digits):
     assert (clf.predict(X_test) != 0).all()
 
 
+
+def test_negative_sample_weight_is_refused(digits):
+    X_train, _, y_train, _ = digits
+    w = np.ones(len(y_train))
+    w[3] = -1.0
+    clf = DGCSPNClassifier(max_epochs=1, sum_channels=8, n_components=8, random_state=0)
+    for fit in (clf.fit, clf.partial_fit):
+        kwargs = {"classes": np.unique(y_train)} if fit == clf.partial_fit else {}
+        with pytest.raises(ValueError, match="[Nn]egative"):
+            fit(X_train, y_train, sample_weight=w, **kwargs)
+
 @pytest.mark.parametrize("bad, match", [
     (lambda X, y: (X, np.zeros(len(y))), "only one class"),
     (lambda X, y: (X, y[:-1]), "samples"),

@@ -230,6 +230,8 @@ def test_dataframe_input_and_pandas_output(digits):
     (np.array([[1.0, np.inf, 2.0, 3.0]] * 5), "infinity"),
     (np.array([["a", "b"], ["c", "d"]], dtype=object), "could not convert|numeric"),
     (np.zeros((0, 4)), "0 sample"),
+    (np.full((5, 4), np.nan), "no observed"),
+    (np.array([[1e39, 0.0, 2.0, 3.0]] * 5), "beyond float32"),
 ])
 def test_bad_fit_input(est, X, match):
     y = np.arange(len(X)) % 2
@@ -315,6 +317,82 @@ def test_huge_values():
     out = DGCSPNImputer(**SMALL).fit(X).transform(X_missing)
     assert np.isfinite(out).all()
 
+
+def test_values_near_the_float32_limit():
+    # Statistics in float64: squares of 1e20 overflow float32 (the scores were -inf).
+    X = load_digits().data[:100] * 1e20
+    est = DGCSPNDensityEstimator(**SMALL).fit(X)
+    assert np.isfinite(est.score_samples(X[:5])).all()
+    assert np.isfinite(est.feature_scale_).all()
+    with pytest.raises(ValueError, match="beyond float32"):
+        est.score_samples(X[:5] * 1e19)
+
+
+def test_an_all_missing_feature_raises_no_numpy_warnings(digits):
+    X = digits[0][:100].copy()
+    X[:, 0] = np.nan
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        est = DGCSPNDensityEstimator(**SMALL).fit(X)
+    assert est.feature_mean_[0, 0, 0] == 0.0 and est.feature_scale_[0, 0, 0] == 1.0
+
+
+@pytest.mark.parametrize("container", ["DataFrame", "object", "list", "float32"])
+def test_observed_values_come_back_bit_for_bit(digits, container):
+    # Observed entries must not pass through the network's float32 copy (they changed
+    # by up to 1.7e-7 here, and by 1.0 for values near 1e8).
+    pd = pytest.importorskip("pandas")
+    X = digits[0][:100] * 1e7 + 0.123456789012345
+    imp = DGCSPNImputer(**SMALL).fit(X)
+    X_missing = X[:6].copy()
+    X_missing[:, 40:] = np.nan
+    if container == "float32":
+        X_missing = X_missing.astype(np.float32)
+    given = {"DataFrame": lambda a: pd.DataFrame(a), "object": lambda a: a.astype(object),
+             "list": lambda a: [[None if np.isnan(v) else v for v in row] for row in a],
+             "float32": lambda a: a}[container](X_missing)
+    out = imp.transform(given)
+    assert out.dtype == np.float64
+    assert np.array_equal(out[:, :40], X_missing[:, :40].astype(np.float64))
+    est = DGCSPNDensityEstimator(**SMALL).fit(X)
+    assert np.array_equal(est.impute(given)[:, :40], X_missing[:, :40].astype(np.float64))
+
+
+def test_sample_standardisation_of_rows_without_a_scale(digits):
+    # A row with nothing observed, one observed value or only equal ones has no scale of
+    # its own; it takes the training rows' typical mean and scale, so its completion is on
+    # X's scale (before: in standardised units, or centred on the lone value).
+    X = digits[0]
+    for n_networks in (1, 2):
+        imp = DGCSPNImputer(**SMALL, n_networks=n_networks).fit(X)
+        assert 0 < imp.typical_mean_ < 16 and 0 < imp.typical_scale_ < 16
+        empty = imp.transform(np.full((1, 64), np.nan))
+        assert empty.max() > 4 and empty.min() > -2, empty
+        single = np.full((1, 64), np.nan)
+        single[0, 10] = 16.0
+        completed = imp.transform(single)
+        assert completed[0, 10] == 16.0 and np.median(completed) < 8, completed
+        blank_top = X[:20].copy()
+        blank_top[:, :32] = 0.0
+        blank_top[:, 32:] = np.nan
+        assert np.median(imp.transform(blank_top)[:, 32:]) > 0.5
+
+@pytest.mark.parametrize("est", _all_estimators(), ids=lambda e: type(e).__name__)
+def test_batch_size_beyond_the_data_costs_no_more_than_the_data(digits, est, monkeypatch):
+    # Training batches were padded up to batch_size: 10**6 ran out of memory.
+    from skspn.core import learning
+    seen = []
+    for learner in (learning.EMLearner, learning.GradientLearner):
+        step = learner.step
+
+        def recording_step(self, x, *args, _step=step, **kwargs):
+            seen.append(len(x))
+            return _step(self, x, *args, **kwargs)
+        monkeypatch.setattr(learner, "step", recording_step)
+    X, y = digits
+    _fit(est.set_params(batch_size=2**14), X[:200], y[:200])
+    assert seen and max(seen) == 256
 
 def test_64x64_full_depth():
     rng = np.random.default_rng(0)

@@ -58,10 +58,12 @@ class BaseDGCSPN(BaseEstimator):
 
     # ------------------------------------------------------------------ input
     def _validate_input(self, X, reset):
-        """Validate ``X`` and return it as images ``[n, H, W, C]`` (float32, NaN kept).
+        """Validate ``X`` and return it as images ``[n, H, W, C]`` (float64, NaN kept).
 
         Accepts 2-D ``(n_samples, n_features)`` arrays or DataFrames, and 3-D / 4-D image
-        arrays ``(n, H, W)`` / ``(n, H, W, C)``.
+        arrays ``(n, H, W)`` / ``(n, H, W, C)``. The values keep their precision until they
+        are standardised (``_scale``), so observed values can be returned bit for bit and
+        large offsets do not swallow small variations.
         """
         nd_shape = None
         if hasattr(X, "ndim") and getattr(X, "ndim", 2) > 2 and not hasattr(X, "columns"):
@@ -75,6 +77,14 @@ class BaseDGCSPN(BaseEstimator):
                           ensure_all_finite="allow-nan", ensure_min_samples=1)
         if np.isinf(X).any():
             raise ValueError("X contains infinity; use NaN for missing values")
+        with np.errstate(invalid="ignore"):
+            too_large = np.abs(X) > np.finfo(np.float32).max
+        if too_large.any():
+            raise ValueError(f"X contains values of magnitude up to {np.nanmax(np.abs(X)):.3g}, "
+                             f"beyond float32 ({np.finfo(np.float32).max:.3g}), the precision "
+                             "of the network; rescale X")
+        if reset and np.isnan(X).all():
+            raise ValueError("X has no observed (non-NaN) values to fit on")
         if reset:
             self.image_shape_ = self._resolve_image_shape(X.shape[1], nd_shape)
         elif nd_shape is not None:
@@ -83,7 +93,7 @@ class BaseDGCSPN(BaseEstimator):
                     len(nd_shape) == 2 and self.image_shape_[2] != 1):
                 raise ValueError(f"X has images of shape {nd_shape}, but this estimator was "
                                  f"fitted on images of shape {self.image_shape_}")
-        return X.reshape((X.shape[0],) + self.image_shape_).astype(np.float32)
+        return X.reshape((X.shape[0],) + self.image_shape_).astype(np.float64)
 
     def _resolve_image_shape(self, n_features, nd_shape):
         if self.image_shape is not None:
@@ -112,19 +122,43 @@ class BaseDGCSPN(BaseEstimator):
         return self.standardize
 
     def _fit_scaler(self, images):
-        """Per-feature statistics for ``standardize='feature'``."""
+        """Per-feature statistics for ``standardize='feature'``; typical per-sample ones
+        for rows that ``standardize='sample'`` cannot scale by their own."""
         # A refit with another setting must not leave an earlier fit's statistics behind:
         # switching to 'feature' after it would scale with them.
         self.__dict__.pop("feature_mean_", None)
         self.__dict__.pop("feature_scale_", None)
+        # Kept for every setting: 'sample' has no other fitted state, so a set_params to it
+        # after fit stays valid.
+        mean, std, usable = self._row_statistics(images)
+        self.typical_mean_ = float(np.median(mean[usable])) if usable.any() else 0.0
+        self.typical_scale_ = float(np.median(std[usable])) if usable.any() else 1.0
         if self._standardize_mode() == "feature":
+            # An all-NaN feature gets mean 0 and scale 1 (nanmean would warn of an empty
+            # slice).
+            observed = ~np.isnan(images)
+            count = observed.sum(axis=0)
+            values = np.where(observed, images, 0.0)
             with np.errstate(all="ignore"):
-                mean = np.nanmean(images, axis=0)
-                std = np.nanstd(images, axis=0)
+                mean = values.sum(axis=0) / count
+                std = np.sqrt((np.where(observed, values - mean, 0.0) ** 2).sum(axis=0) / count)
             mean = np.where(np.isfinite(mean), mean, 0.0)
             std = np.where(np.isfinite(std) & (std > 1e-8 * (1 + np.abs(mean))), std, 1.0)
-            self.feature_mean_, self.feature_scale_ = (mean.astype(np.float32),
-                                                       std.astype(np.float32))
+            self.feature_mean_, self.feature_scale_ = mean, std
+
+    @staticmethod
+    def _row_statistics(images):
+        """Mean and standard deviation of each row's observed values (float64), and
+        whether they can scale it: at least one observed value and a standard deviation
+        above the round-off of the mean."""
+        rows = images.reshape(len(images), -1)
+        observed = ~np.isnan(rows)
+        count = observed.sum(axis=1)
+        filled = np.where(observed, rows, 0.0)
+        mean = filled.sum(axis=1) / np.maximum(count, 1)
+        sq = np.where(observed, filled - mean[:, None], 0.0) ** 2
+        std = np.sqrt(sq.sum(axis=1) / np.maximum(count, 1))
+        return mean, std, (count > 0) & (std > 1e-8 * (1 + np.abs(mean)))
 
     def _check_feature_scaler(self):
         if not hasattr(self, "feature_mean_"):
@@ -140,18 +174,18 @@ class BaseDGCSPN(BaseEstimator):
             self._check_feature_scaler()
             offset, scale = self.feature_mean_[None], self.feature_scale_[None]
         elif mode == "sample":
-            observed = ~np.isnan(images)
-            count = observed.reshape(len(images), -1).sum(axis=1)
-            filled = np.where(observed, images, 0.0).reshape(len(images), -1)
-            mean = filled.sum(axis=1) / np.maximum(count, 1)
-            sq = (np.where(observed, images, 0.0).reshape(len(images), -1) - mean[:, None]) ** 2
-            sq = np.where(observed.reshape(len(images), -1), sq, 0.0)
-            std = np.sqrt(sq.sum(axis=1) / np.maximum(count, 1))
-            std = np.where(std > 1e-8 * (1 + np.abs(mean)), std, 1.0)
-            offset = mean.reshape(-1, 1, 1, 1).astype(np.float32)
-            scale = std.reshape(-1, 1, 1, 1).astype(np.float32)
+            mean, std, usable = self._row_statistics(images)
+            # A row with no observed value, or only equal ones (a single one, a blank
+            # half), has no scale of its own: it takes the training rows' typical mean and
+            # scale, so its values mean what they mean in a typical row and its completion
+            # comes back on X's scale.
+            mean = np.where(usable, mean, self.typical_mean_)
+            std = np.where(usable, std, self.typical_scale_)
+            offset, scale = mean.reshape(-1, 1, 1, 1), std.reshape(-1, 1, 1, 1)
         else:
-            offset, scale = np.float32(0.0), np.float32(1.0)
+            return images.astype(np.float32), 0.0, 1.0
+        # In float64, so that X and a * X + b give the same z (float32 statistics rounded
+        # differently, and hard EM amplified that into different models).
         z = ((images - offset) / scale).astype(np.float32)
         return z, offset, scale
 
@@ -202,6 +236,12 @@ class BaseDGCSPN(BaseEstimator):
             padded = batch_size if size == batch_size else min(
                 batch_size, 1 << (size - 1).bit_length())
             yield start, stop, padded
+
+    def _training_batch(self, n):
+        """The padded size of every training batch over ``n`` samples: ``batch_size``, or
+        for fewer samples the power of two a query would pad them to (so a huge
+        ``batch_size`` costs no more than the data)."""
+        return self.batch_size if n >= self.batch_size else 1 << (n - 1).bit_length()
 
     @staticmethod
     def _pad(array, size, value=np.nan):

@@ -88,6 +88,8 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         stopping) per epoch.
     n_iter_ : int
     network_weights_ : list of ndarray
+    feature_mean_, feature_scale_, typical_mean_, typical_scale_ :
+        Standardisation statistics, see ``DGCSPNDensityEstimator``.
 
     Notes
     -----
@@ -220,7 +222,8 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         continuing = self.warm_start and hasattr(self, "network_weights_")
         images = self._validate_input(X, reset=not continuing)
         y = self._validate_targets(y, len(images))
-        sample_weight = _check_sample_weight(sample_weight, images, dtype=np.float32)
+        sample_weight = _check_sample_weight(sample_weight, images, dtype=np.float32,
+                                             ensure_non_negative=True)
         if continuing:
             unseen = np.setdiff1d(np.unique(y), self.classes_)
             if unseen.size:
@@ -259,7 +262,8 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
                 raise ValueError("classes must be passed on the first call to partial_fit")
         images = self._validate_input(X, reset=first)
         y = self._validate_targets(y, len(images))
-        sample_weight = _check_sample_weight(sample_weight, images, dtype=np.float32)
+        sample_weight = _check_sample_weight(sample_weight, images, dtype=np.float32,
+                                             ensure_non_negative=True)
         if first:
             classes = np.unique(column_or_1d(classes))
             if len(classes) < 2:
@@ -337,7 +341,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         self._optimizer_state = self._learner.optimizer.get_state()
 
     def _epoch(self, z, codes, weight):
-        n, batch = len(z), self.batch_size
+        n, batch = len(z), self._training_batch(len(z))
         order = self._rng.permutation(n)
         total, start_time = 0.0, time.time()
         n_batches = -(-n // batch)

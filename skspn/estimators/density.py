@@ -132,7 +132,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
     def _epoch(self, z, log_jacobian):
         """One pass over ``z`` in shuffled batches; returns the mean train log-likelihood."""
         n = len(z)
-        batch = self.batch_size
+        batch = self._training_batch(n)
         order = self._rng.permutation(n)
         total, start_time = 0.0, time.time()
         n_batches = -(-n // batch)
@@ -284,11 +284,10 @@ class GenerativeDGCSPN(BaseDGCSPN):
         nd_shape = X.shape if isinstance(X, np.ndarray) and X.ndim > 2 else None
         images = self._prepare(X, reset=False)
         completed = self._complete(images, method, check_random_state(random_state))
-        if not hasattr(X, "columns") and np.asarray(X).dtype == np.float64:
-            X_orig = np.asarray(X, dtype=np.float64).reshape(len(images), -1)
-        else:
-            X_orig = images.reshape(len(images), -1).astype(np.float64)
-        out = np.where(np.isnan(X_orig), completed.reshape(len(images), -1), X_orig)
+        # ``images`` holds the validated values in float64, not the network's float32
+        # copy: observed entries come back bit for bit, whatever container X came in.
+        rows = images.reshape(len(images), -1)
+        out = np.where(np.isnan(rows), completed.reshape(len(images), -1), rows)
         if nd_shape is not None:
             out = out.reshape(nd_shape)
         return out
@@ -397,7 +396,10 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
         epochs. ``None`` runs all epochs.
     standardize : {'feature', 'sample'} or None, default='feature'
         ``'feature'``: per-feature mean and standard deviation (scores stay densities of
-        X); ``'sample'``: per-image, as the paper; ``None``: raw values.
+        X); ``'sample'``: per-image, from each row's observed values, as the paper (a row
+        with none observed or only equal ones takes ``typical_mean_`` and
+        ``typical_scale_``); ``None``: raw values. With ``partial_fit``, the statistics
+        come from the first batch and stay fixed.
     leaf_scale : float, default=1.0
         Standard deviation of the Normal components, in standardised units.
     random_state : int, RandomState instance or None, default=None
@@ -415,6 +417,11 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
     converged_ : bool
     network_weights_ : list of ndarray
         The network's parameters (leaf parameters, then sum accumulators).
+    feature_mean_, feature_scale_ : ndarray of shape (H, W, C)
+        Per-feature statistics of the training data (``standardize='feature'`` only).
+    typical_mean_, typical_scale_ : float
+        Median per-sample mean and standard deviation of the training rows, for the rows
+        that ``standardize='sample'`` cannot scale by their own values.
 
     Notes
     -----

@@ -66,6 +66,8 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
     ----------
     image_shape_, n_features_in_, feature_names_in_, network_weights_ :
         See ``DGCSPNDensityEstimator`` (``network_weights_`` only when ``n_networks=1``).
+    feature_mean_, feature_scale_, typical_mean_, typical_scale_ :
+        Standardisation statistics, see ``DGCSPNDensityEstimator``.
     history_ : list of float
         Train log-likelihood per epoch; with ``n_networks > 1``, the mean over the
         networks (a network that stopped early counts with its last value).
@@ -209,9 +211,13 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         self.history_ = [float(np.mean([h[min(i, len(h) - 1)] for h in histories]))
                          for i in range(self.n_iter_)]
         self.converged_ = all(e.converged_ for e in self.estimators_)
+        # The mixture scales once for all networks (see below), with their statistics.
+        first_network = self.estimators_[0]
+        self.typical_mean_, self.typical_scale_ = (first_network.typical_mean_,
+                                                   first_network.typical_scale_)
         if self._standardize_mode() == "feature":
-            self.feature_mean_ = self.estimators_[0].feature_mean_
-            self.feature_scale_ = self.estimators_[0].feature_scale_
+            self.feature_mean_ = first_network.feature_mean_
+            self.feature_scale_ = first_network.feature_scale_
         return self
 
     def _check_fitted(self):
