@@ -214,6 +214,13 @@ def test_dataframe_input_and_pandas_output(digits):
     assert isinstance(out, pd.DataFrame) and list(out.columns) == list(df.columns)
     assert list(imp.get_feature_names_out()) == list(df.columns)
     assert not out.isna().any().any()
+    # Image arrays come back as a 2-D DataFrame (pandas cannot hold 3-D).
+    images = np.asarray(df_missing).reshape(-1, 8, 8)
+    out = imp.transform(images[:3])
+    assert isinstance(out, pd.DataFrame) and out.shape == (3, 64)
+    assert np.array_equal(out.to_numpy()[:, :40], images[:3].reshape(3, 64)[:, :40])
+    assert imp.set_output(transform="default").transform(images[:3]).shape == (3, 8, 8)
+    imp.set_output(transform="pandas")
     # A placeholder in a DataFrame is read as missing; NaN then is bad input.
     placeholder = DGCSPNImputer(**SMALL, missing_values=-1).fit(df)
     out = placeholder.transform(df_missing.fillna(-1))
@@ -271,6 +278,10 @@ def test_wrong_feature_count(digits, est):
     (dict(depth=20), "depth=20 is too large"),
     (dict(kernel_size=9), "kernel_size 9 is larger than the image"),
     (dict(image_shape=(5, 5)), "holds 25 values, but X has 64 features"),
+    (dict(image_shape=(8.5, 8)), "image_shape must hold whole numbers"),
+    (dict(sum_channels=[4.5]), "sum_channels must hold whole numbers"),
+    (dict(sum_channels=[[4, 4]]), "sum_channels must hold whole numbers"),
+    (dict(sum_channels=[True]), "sum_channels must hold whole numbers"),
     (dict(leaf="poisson"), "leaf"),
     (dict(learning="magic"), "learning"),
     (dict(standardize="global"), "standardize"),

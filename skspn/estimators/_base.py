@@ -33,6 +33,16 @@ def _channels_constraint():
     return [Interval(Integral, 1, None, closed="left"), "array-like"]
 
 
+def _integers(name, values):
+    """``values`` as a list of ints, refusing anything that is not a whole number (a
+    silent ``int()`` would truncate 4.5 to 4)."""
+    values = list(values)
+    if not all(not isinstance(v, (bool, np.bool_)) and (isinstance(v, Integral) or (
+            isinstance(v, Real) and float(v).is_integer())) for v in values):
+        raise ValueError(f"{name} must hold whole numbers, got {values!r}")
+    return [int(v) for v in values]
+
+
 class BaseDGCSPN(BaseEstimator):
     """Base class; not for direct use."""
 
@@ -97,7 +107,7 @@ class BaseDGCSPN(BaseEstimator):
 
     def _resolve_image_shape(self, n_features, nd_shape):
         if self.image_shape is not None:
-            shape = tuple(int(s) for s in self.image_shape)
+            shape = tuple(_integers("image_shape", self.image_shape))
             if len(shape) == 2:
                 shape = shape + (1,)
             if len(shape) != 3 or any(s < 1 for s in shape):
@@ -206,7 +216,7 @@ class BaseDGCSPN(BaseEstimator):
         if np.ndim(channels) == 0:
             channels = [int(channels)] * n_sums
         else:
-            channels = [int(c) for c in channels]
+            channels = _integers("sum_channels", channels)
             if not channels:
                 raise ValueError("sum_channels must not be empty")
             # A shorter list is extended with its last value, so a grid over depth works

@@ -10,6 +10,7 @@ from scipy.special import logsumexp, softmax
 from sklearn.base import OneToOneFeatureMixin, TransformerMixin, _fit_context, clone
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._set_output import _get_output_config
 
 from .density import GenerativeDGCSPN
 
@@ -286,8 +287,14 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         Returns
         -------
         X_imputed : ndarray of the same shape as ``X``
+            Image arrays come back as images, except when ``set_output`` asks for a
+            DataFrame: then ``(n_samples, n_features)``, columns as
+            ``get_feature_names_out()``.
         """
-        return self.impute(self._with_nan(X), method=self.completion, random_state=0)
+        X_imputed = self.impute(self._with_nan(X), method=self.completion, random_state=0)
+        if X_imputed.ndim > 2 and _get_output_config("transform", self)["dense"] != "default":
+            X_imputed = X_imputed.reshape(len(X_imputed), -1)
+        return X_imputed
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
