@@ -405,6 +405,18 @@ def test_batch_size_beyond_the_data_costs_no_more_than_the_data(digits, est, mon
     _fit(est.set_params(batch_size=2**14), X[:200], y[:200])
     assert seen and max(seen) == 256
 
+@pytest.mark.parametrize("make", [
+    lambda: DGCSPNClassifier(learning_rate=100.0, max_epochs=2, random_state=0),
+    lambda: DGCSPNDensityEstimator(learning="gradient", learning_rate=1e4, max_epochs=1,
+                                   random_state=0)], ids=["classifier", "density"])
+def test_diverged_training_raises_instead_of_predicting_nan(digits, make):
+    X, y = digits
+    est = make()
+    with pytest.raises(ValueError, match="training diverged: .* lower learning_rate"):
+        _fit(est, X[:200], y[:200])
+    with pytest.raises(NotFittedError):  # nothing diverged is left to predict with
+        est.score_samples(X[:3])
+
 def test_64x64_full_depth():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(8, 64 * 64))

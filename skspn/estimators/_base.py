@@ -400,6 +400,23 @@ class BaseDGCSPN(BaseEstimator):
             self._ops = self._make_ops()
         return self._ops
 
+    def _check_finite_training(self, value, name):
+        """Raise if an epoch left a non-finite ``value`` (loss or log-likelihood) or
+        non-finite weights, instead of returning NaN predictions later. The diverged
+        network is dropped: the estimator keeps its last finite state (if it had one)."""
+        if np.isfinite(value) and all(np.isfinite(w).all() for w in self._network.get_weights()):
+            return
+        for attribute in self._runtime_attributes:
+            self.__dict__.pop(attribute, None)
+        hint = (f"lower learning_rate (now {self.learning_rate})"
+                if self._learns_by_gradient() else "check X for extreme values")
+        what = f"the {name} became {value}" if not np.isfinite(value) else (
+            "the weights became non-finite")
+        raise ValueError(f"training diverged: {what}; {hint}")
+
+    def _learns_by_gradient(self):
+        return True
+
     def _sync_weights(self):
         """Keep the numpy copy of the weights current (it is what marks us fitted)."""
         self.network_weights_ = self._network.get_weights()

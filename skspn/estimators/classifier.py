@@ -352,6 +352,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
                                       seed, self._pad(codes[idx], batch, 0))
             total += loss * weight[idx].sum()
             self._progress(i + 1, n_batches, start_time)
+        self._check_finite_training(total / weight.sum(), "training loss")
         return total / weight.sum()
 
     # ------------------------------------------------------------------ queries

@@ -148,7 +148,11 @@ class GenerativeDGCSPN(BaseDGCSPN):
             self._progress(i + 1, n_batches, start_time)
         if hasattr(self._learner, "end_epoch"):
             self._learner.end_epoch()
+        self._check_finite_training(total / n, "train log-likelihood")
         return total / n + log_jacobian
+
+    def _learns_by_gradient(self):
+        return self.learning == "gradient"
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
