@@ -160,6 +160,29 @@ def test_fitted_estimator_keeps_training_after_unpickling(digits):
 # --------------------------------------------------------------------------- determinism
 
 
+def test_architecture_changed_after_fit(digits):
+    X, y = digits
+    clf = DGCSPNClassifier(**SMALL_CLF, warm_start=True).fit(X[:200], y[:200])
+    expected = clf.predict_proba(X[:5])
+    clf.set_params(sum_channels=4, n_components=2)
+    # Queries answer with the fitted model, live or unpickled (the unpickled one was
+    # rebuilt from the new parameters and failed on the weights' shapes).
+    assert np.allclose(clf.predict_proba(X[:5]), expected)
+    assert np.allclose(pickle.loads(pickle.dumps(clf)).predict_proba(X[:5]), expected)
+    # Training on is refused (warm_start ignored the change silently).
+    with pytest.raises(ValueError, match="sum_channels, n_components changed by set_params"):
+        clf.fit(X[:200], y[:200])
+    with pytest.raises(ValueError, match="changed by set_params"):
+        clf.partial_fit(X[:200], y[:200])
+    clf.set_params(sum_channels=[8], n_components=8).fit(X[:200], y[:200])  # the same net
+    est = DGCSPNDensityEstimator(**SMALL).fit(X)
+    with pytest.raises(ValueError, match="learning .* changed by set_params"):
+        est.set_params(learning="gradient").partial_fit(X)
+    est.set_params(learning="hard_em").partial_fit(X)  # counts either way
+    ensemble = DGCSPNImputer(**SMALL, n_networks=2).fit(X)
+    with pytest.raises(ValueError, match="sum_channels changed by set_params"):
+        ensemble.set_params(sum_channels=8).partial_fit(X)
+
 @pytest.mark.parametrize("make", [lambda s: DGCSPNDensityEstimator(max_epochs=1, sum_channels=4,
                                                                     random_state=s),
                                   lambda s: DGCSPNDensityEstimator(max_epochs=1, sum_channels=4,

@@ -332,12 +332,53 @@ class BaseDGCSPN(BaseEstimator):
 
         return scope(getattr(self, "_strategy", None))
 
+    #: Parameters the network's layers and stored weights depend on.
+    _architecture_parameters = ("depth", "sum_channels", "n_components", "leaf",
+                                "kernel_size", "first_product", "n_nonoverlapping", "learning")
+
+    def _architecture(self):
+        """The network's architecture as planned from the current parameters."""
+        products, channels = self._plan(self.first_product)
+        return {"depth / kernel_size / n_nonoverlapping / first_product": products,
+                "sum_channels": channels, "n_components": self.n_components,
+                "leaf": getattr(self, "leaf", "normal"),
+                "learning (log-weights or counts)": self._learns_by_gradient()}
+
+    def _remember_architecture(self):
+        self._fitted_architecture = self._architecture()
+        self._fitted_parameters = {name: getattr(self, name)
+                                   for name in self._architecture_parameters
+                                   if hasattr(self, name)}
+
+    def _check_architecture(self):
+        """Refuse to keep training the fitted network after set_params changed its
+        architecture (its weights would not fit, or fit silently wrongly)."""
+        fitted = getattr(self, "_fitted_architecture", None)
+        if fitted is None:
+            return
+        current = self._architecture()
+        changed = [name for name in current if current[name] != fitted[name]]
+        if changed:
+            raise ValueError(
+                f"{', '.join(changed)} changed by set_params since this "
+                f"{type(self).__name__} was fitted; a fitted network keeps its architecture: "
+                "fit again (without warm_start) or set the parameters back")
+
     def _rebuild_network(self, strategy):
-        """The network from the fitted weights, under ``strategy``; ops and learner reset."""
+        """The network from the fitted weights, under ``strategy``; ops and learner reset.
+
+        Built with the parameters it was fitted with, so that queries of an unpickled
+        estimator answer as the live one does after a set_params (with the fitted model).
+        """
         self._strategy = strategy
-        with self._distribution_scope():
-            self._network = self._make_network()
-            self._network.set_weights(self.network_weights_)
+        current = {name: getattr(self, name) for name in getattr(self, "_fitted_parameters", {})}
+        self.__dict__.update(getattr(self, "_fitted_parameters", {}))
+        try:
+            with self._distribution_scope():
+                self._network = self._make_network()
+                self._network.set_weights(self.network_weights_)
+        finally:
+            self.__dict__.update(current)
         self._ops, self._learner = None, None
 
     def _training_runtime(self, **learner_kwargs):
@@ -349,6 +390,7 @@ class BaseDGCSPN(BaseEstimator):
         """
         from ..core.distribute import current_strategy
 
+        self._check_architecture()
         strategy = current_strategy()
         if getattr(self, "_network", None) is None or strategy is not getattr(
                 self, "_strategy", None):

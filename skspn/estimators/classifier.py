@@ -293,6 +293,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         self.leaf_range_ = (float(low), float(high))
         with self._distribution_scope():
             self._network = self._make_network()
+        self._remember_architecture()
         # The class prior starts at the (weighted) class frequencies.
         freq = np.array([sample_weight[y == c].sum() for c in classes], np.float64)
         freq = np.maximum(freq / freq.sum(), 1e-6)

@@ -123,6 +123,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
         z, _, _ = self._scale(images)
         with self._distribution_scope():
             self._network = self._make_network(z)
+        self._remember_architecture()
         self._learner = self._make_learner(online)
         self._ops = self._make_ops()
         self.history_ = []

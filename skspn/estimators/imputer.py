@@ -191,7 +191,10 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
     def _fit_networks(self, X, partial, first=True):
         """Fit (or update online) ``n_networks`` single-network imputers on ``X``."""
         images = self._prepare(X, reset=first)
+        if not first:  # the networks are clones made at fit: they do not see set_params
+            self._check_architecture()
         if first:
+            self._remember_architecture()
             rng = check_random_state(self.random_state)
             # Each network is a clone given the validated images, so they all see the
             # same image shape (and need no missing_values placeholder).
