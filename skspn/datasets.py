@@ -103,6 +103,10 @@ def get_data_home(data_home=None):
     """
     if data_home is None:
         data_home = os.environ.get(_ENV_VAR) or _DEFAULT_HOME
+    if not isinstance(data_home, (str, os.PathLike)) or isinstance(
+            os.fspath(data_home), bytes) or not os.fspath(data_home):
+        raise ValueError(f"data_home must be a non-empty str or os.PathLike folder, got "
+                         f"{data_home!r}")
     return os.path.abspath(os.path.expanduser(os.fspath(data_home)))
 
 

@@ -133,6 +133,31 @@ def test_sample_weight_zero_ignores_samples(digits):
     assert (clf.predict(X_test) != 0).all()
 
 
+def test_early_stopping_on_few_samples_per_class(digits):
+    # 2 samples of each of 10 classes: a stratified split of 2 validation samples is
+    # impossible, so the split is a plain random one (train_test_split's test_size error
+    # before); holding out every sample is refused before the network is built.
+    X_train, _, y_train, _ = digits
+    idx = np.concatenate([np.where(y_train == c)[0][:2] for c in range(10)])
+    params = dict(max_epochs=1, sum_channels=4, n_components=4, random_state=0,
+                  early_stopping=True)
+    for fraction in (0.1, 0.9):
+        clf = DGCSPNClassifier(validation_fraction=fraction, **params)
+        clf.fit(X_train[idx], y_train[idx])
+        assert clf.history_["validation_accuracy"][0] is not None
+    with pytest.raises(ValueError, match="validation_fraction=0.99 holds out 20 of 20"):
+        DGCSPNClassifier(validation_fraction=0.99, **params).fit(X_train[idx], y_train[idx])
+
+
+def test_partial_fit_refuses_other_classes_later(digits):
+    X_train, _, y_train, _ = digits
+    clf = DGCSPNClassifier(max_epochs=1, sum_channels=8, n_components=8, random_state=0)
+    clf.partial_fit(X_train[:100], y_train[:100], classes=np.arange(10))
+    clf.partial_fit(X_train[100:200], y_train[100:200], classes=np.arange(10)[::-1])
+    for other in (np.arange(12), [0, 1]):
+        with pytest.raises(ValueError, match="is not the same as on the first call"):
+            clf.partial_fit(X_train[100:200], y_train[100:200], classes=other)
+
 
 def test_negative_sample_weight_is_refused(digits):
     X_train, _, y_train, _ = digits
@@ -143,6 +168,7 @@ def test_negative_sample_weight_is_refused(digits):
         kwargs = {"classes": np.unique(y_train)} if fit == clf.partial_fit else {}
         with pytest.raises(ValueError, match="[Nn]egative"):
             fit(X_train, y_train, sample_weight=w, **kwargs)
+
 
 @pytest.mark.parametrize("bad, match", [
     (lambda X, y: (X, np.zeros(len(y))), "only one class"),

@@ -440,6 +440,21 @@ def test_diverged_training_raises_instead_of_predicting_nan(digits, make):
     with pytest.raises(NotFittedError):  # nothing diverged is left to predict with
         est.score_samples(X[:3])
 
+@pytest.mark.parametrize("make", [
+    lambda: DGCSPNDensityEstimator(depth=1, **SMALL),
+    lambda: DGCSPNClassifier(depth=1, first_product="one_hot", **SMALL_CLF)],
+    ids=["density", "classifier"])
+def test_one_hot_product_over_the_whole_image(digits, make):
+    # depth=1 makes the first product's kernel the whole 8x8 image: 4**64 combinations,
+    # whose codes overflow int64 (this failed in numpy). 256 distinct ones are drawn.
+    X, y = digits
+    est = _fit(make(), X[:100], y[:100])
+    product = est._network.products[0]
+    rows = product._subset_digits.T
+    assert rows.shape == (256, 64) and len(np.unique(rows, axis=0)) == 256
+    assert np.isfinite(est.score_samples(X[:5])).all()
+    assert abs(est.score_samples(np.full((1, 64), np.nan))[0]) < 1e-4
+
 def test_64x64_full_depth():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(8, 64 * 64))

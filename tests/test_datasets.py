@@ -43,6 +43,12 @@ def test_get_data_home_resolution(monkeypatch, tmp_path):
     assert not (tmp_path / "env").exists()  # nothing is created
 
 
+@pytest.mark.parametrize("bad", [5, b"/tmp", ""])
+def test_bad_data_home_is_named(bad):
+    with pytest.raises(ValueError, match="data_home must be a non-empty str"):
+        load_mnist(data_home=bad)
+
+
 def test_mnist_train(data_home):
     b = load_mnist(data_home)
     assert b.data.shape == (60000, 784) and b.data.dtype == np.uint8

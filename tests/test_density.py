@@ -136,6 +136,11 @@ def test_categorical_leaf():
         est.score_samples(np.full((1, 4), 5.0))
     with pytest.raises(ValueError, match="integer category"):
         DGCSPNDensityEstimator(leaf="categorical").fit(X + 0.5)
+    # Raw identifiers as codes: refused up front (a code of 10**6 ran out of memory).
+    X_ids = X.copy()
+    X_ids[0, 0] = 10**6
+    with pytest.raises(ValueError, match="up to 256 categories; X holds code 1000000"):
+        DGCSPNDensityEstimator(leaf="categorical").fit(X_ids)
 
 
 def test_bernoulli_rejects_non_binary():
@@ -152,6 +157,9 @@ def test_sampling(fitted_density):
     assert not np.array_equal(samples, other)
     # Samples follow the data's per-pixel means, not noise around zero.
     assert abs(samples.mean() - 4.9) < 1.5
+    for bad in (True, 0, 2.0):
+        with pytest.raises(ValueError, match="n_samples must be a positive integer"):
+            fitted_density.sample(bad)
 
 
 def test_draws_do_not_repeat_across_batches_nor_depend_on_batching(fitted_density,
@@ -243,6 +251,13 @@ def test_imputer_missing_values_placeholder(digits_split):
             call(X_nan)
 
 
+def test_imputer_any_nan_scalar_marks_missing_values(digits_split):
+    X = _bottom_half_missing(digits_split[1][:10])
+    imp = DGCSPNImputer(missing_values=np.float32("nan"), max_epochs=1, sum_channels=4,
+                        random_state=0).fit(digits_split[0][:100])
+    assert np.isfinite(imp.transform(X)).all()
+
+
 def test_imputer_mpe_completion(digits_split):
     X_train, X_test = digits_split[0][:300], digits_split[1][:10]
     X = _bottom_half_missing(X_test)
@@ -251,7 +266,6 @@ def test_imputer_mpe_completion(digits_split):
     assert np.isfinite(out).all()
     marginal = imp.set_params(completion="marginal").transform(X)
     assert not np.allclose(out, marginal)
-
 
 
 def test_mpe_completion_depends_neither_on_the_batch_nor_on_random_state(digits_split):
@@ -267,6 +281,7 @@ def test_mpe_completion_depends_neither_on_the_batch_nor_on_random_state(digits_
     np.testing.assert_allclose(together, imp.transform(X[::-1])[::-1], atol=1e-4)
     np.testing.assert_allclose(together, imp.impute(X, method="mpe", random_state=1),
                                atol=1e-4)
+
 
 def test_unknown_impute_method(fitted_density):
     with pytest.raises(ValueError, match="method must be"):

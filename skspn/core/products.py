@@ -93,10 +93,12 @@ class Product(tf.Module):
                 self.out_channels = n_all  # all combinations, by broadcast add
             else:
                 rng = np.random.default_rng(0) if rng is None else rng
-                codes = rng.choice(n_all, size=cap, replace=False) if n_all < 2**62 else \
-                    rng.integers(0, n_all, size=cap)
-                digits = self.combination_digits(np.sort(codes))
-                self._subset_digits = np.stack(digits).astype(np.int32)
+                if n_all < 2**62:
+                    codes = rng.choice(n_all, size=cap, replace=False)
+                    digits = np.stack(self.combination_digits(np.sort(codes)))
+                else:
+                    digits = self._distinct_digit_rows(rng, n_children, cap).T
+                self._subset_digits = digits.astype(np.int32)
                 self.channel_index = tf.constant(self._subset_digits)
                 self.out_channels = int(cap)
         else:
@@ -110,6 +112,16 @@ class Product(tf.Module):
         self._forward_from_scaled_fn = tf.function(
             lambda s, m: self._forward(tf.math.log(s) + m), jit_compile=True, autograph=False)
         self._backward_fn = tf.function(self._backward, jit_compile=True, autograph=False)
+
+    def _distinct_digit_rows(self, rng, n_children, count):
+        """``count`` distinct combinations ``[count, n_children]``, drawn digit by digit
+        (their codes, ``in_channels ** n_children``, overflow int64 for large kernels), in
+        the order of their codes."""
+        rows = np.empty((0, n_children), np.int64)
+        while len(rows) < count:
+            draws = rng.integers(0, self.in_channels, size=(count - len(rows), n_children))
+            rows = np.unique(np.concatenate([rows, draws]), axis=0)
+        return rows[np.sort(rng.choice(len(rows), size=count, replace=False))]
 
     def combination_digits(self, codes):
         """Each child's channel in the combinations ``codes`` (numpy or TensorFlow integers):

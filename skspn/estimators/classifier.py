@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from numbers import Integral, Real
 
@@ -222,6 +223,13 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         continuing = self.warm_start and hasattr(self, "network_weights_")
         images = self._validate_input(X, reset=not continuing)
         y = self._validate_targets(y, len(images))
+        if self.early_stopping:  # before the network is built
+            n_val = math.ceil(self.validation_fraction * len(images))
+            if len(images) - n_val < 1:
+                raise ValueError(
+                    f"early_stopping with validation_fraction={self.validation_fraction} "
+                    f"holds out {n_val} of {len(images)} samples, leaving none to train on; "
+                    "lower validation_fraction or set early_stopping=False")
         sample_weight = _check_sample_weight(sample_weight, images, dtype=np.float32,
                                              ensure_non_negative=True)
         if continuing:
@@ -270,6 +278,11 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
                 raise ValueError("classes must hold at least 2 classes")
             self._initialise(images, classes, y, sample_weight)
         else:
+            if classes is not None and not np.array_equal(np.unique(column_or_1d(classes)),
+                                                          self.classes_):
+                raise ValueError(f"classes={list(classes)!r} is not the same as on the first "
+                                 f"call to partial_fit ({self.classes_.tolist()!r}); the "
+                                 "classes are fixed once fitted: call fit to start over")
             self._resume()
         unseen = np.setdiff1d(np.unique(y), self.classes_)
         if unseen.size:
@@ -307,7 +320,13 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         validation = self.early_stopping if validation is None else validation
         z, _, _ = self._scale(images)
         if validation:
-            stratify = codes if np.bincount(codes).min() >= 2 else None
+            # Stratified when every class can be on both sides; else a plain random split
+            # (train_test_split refuses to stratify then).
+            n_val = math.ceil(self.validation_fraction * len(z))
+            counts = np.bincount(codes)
+            counts = counts[counts > 0]
+            can_stratify = counts.min() >= 2 and min(n_val, len(z) - n_val) >= len(counts)
+            stratify = codes if can_stratify else None
             idx_train, idx_val = train_test_split(
                 np.arange(len(z)), test_size=self.validation_fraction,
                 random_state=self._rng.randint(0, 2**31 - 1), stratify=stratify)

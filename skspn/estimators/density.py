@@ -12,6 +12,10 @@ from sklearn.utils._param_validation import StrOptions
 
 from ._base import BaseDGCSPN
 
+#: leaf='categorical': the most categories (8-bit codes); the leaves' per-category
+#: tensors grow with the count, and raw identifiers (zip codes) would exhaust memory.
+MAX_CATEGORIES = 256
+
 
 class GenerativeDGCSPN(BaseDGCSPN):
     """Shared implementation of the density estimator and the imputer."""
@@ -66,7 +70,13 @@ class GenerativeDGCSPN(BaseDGCSPN):
             raise ValueError("leaf='categorical' needs X to hold non-negative integer "
                              "category codes (or NaN for missing values)")
         if reset:
-            self.n_categories_ = int(max(observed.max(initial=0) + 1, 2))
+            n_categories = int(max(observed.max(initial=0) + 1, 2))
+            if n_categories > MAX_CATEGORIES:
+                raise ValueError(
+                    f"leaf='categorical' reads X as category codes 0..n-1 and holds up to "
+                    f"{MAX_CATEGORIES} categories; X holds code {int(observed.max())} "
+                    "(re-encode sparse identifiers, e.g. with OrdinalEncoder)")
+            self.n_categories_ = n_categories
         elif observed.size and observed.max() >= self.n_categories_:
             raise ValueError(f"X holds category {int(observed.max())}, but the estimator was "
                              f"fitted with categories 0..{self.n_categories_ - 1}")
@@ -331,7 +341,8 @@ class GenerativeDGCSPN(BaseDGCSPN):
         X : ndarray of shape (n_samples, n_features)
         """
         self._check_fitted()
-        if not isinstance(n_samples, Integral) or n_samples < 1:
+        if not isinstance(n_samples, Integral) or isinstance(n_samples, (bool, np.bool_)) \
+                or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
         return self._draw(n_samples, check_random_state(random_state))
 
@@ -377,7 +388,8 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
     n_components : int, default=4
         Leaf components per pixel.
     leaf : {'normal', 'bernoulli', 'categorical'}, default='normal'
-        Discrete leaves need X in {0, 1} or integer codes 0..n-1; no standardisation.
+        Discrete leaves need X in {0, 1} or integer codes 0..n-1 (n <= 256); no
+        standardisation.
     kernel_size : int, default=2
     first_product : {'one_hot', 'depthwise'}, default='one_hot'
         One-hot: all channel combinations (at most 256, else a seeded random subset).

@@ -122,8 +122,7 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
 
     def _with_nan(self, X):
         """Replace ``missing_values`` by NaN (the core's marker of a missing entry)."""
-        if self.missing_values is None or (isinstance(self.missing_values, float)
-                                           and np.isnan(self.missing_values)):
+        if self.missing_values is None or np.isnan(self.missing_values):  # any NaN scalar
             return X
         # As sklearn.impute: with another placeholder, NaN is not a missing marker but bad
         # input (it would otherwise be imputed silently as well).
