@@ -561,6 +561,16 @@ def write_markdown(report, path):
     path.write_text("\n".join(L))
 
 
+def _none_or_float(text):
+    """``--accumulator-std``: 'none' (as shipped) or a float."""
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a float or 'none', got {text!r}") from None
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     g = p.add_mutually_exclusive_group(required=True)
@@ -571,7 +581,7 @@ def main(argv=None):
     p.add_argument("--n-test", type=int, help="override the mode's test subset size")
     p.add_argument("--epochs", type=int, help="override the mode's epochs of the main runs")
     p.add_argument("--main-lr", type=float, help="override the main runs' learning rate")
-    p.add_argument("--accumulator-std", default="none",
+    p.add_argument("--accumulator-std", default=None, type=_none_or_float,
                    help="std of the initial sum log-weights; 'none' = as shipped")
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
     p.add_argument("--data-seed", type=int, default=0)
@@ -597,6 +607,9 @@ def main(argv=None):
     if args.markdown_only:
         mode = "quick" if args.quick else "full"
         stem = Path(args.out) if args.out else RESULTS / f"classification_{mode}"
+        if not stem.with_suffix(".json").exists():
+            p.error(f"--markdown-only needs {stem.with_suffix('.json')}; run the benchmark "
+                    "first")
         write_markdown(json.loads(stem.with_suffix(".json").read_text()), stem.with_suffix(".md"))
         return 0
     mode = "quick" if args.quick else "full"
@@ -609,7 +622,7 @@ def main(argv=None):
         cfg["missing_every_epoch"] = overrides["missing_every_epoch"] = True
     if args.main_only:
         overrides["main_only"] = True
-    acc_std = None if args.accumulator_std.lower() == "none" else float(args.accumulator_std)
+    acc_std = args.accumulator_std
     os.environ.setdefault("SKSPN_DATA", "/work/shared/data")
     _quiet_tf()
     started = time.strftime("%Y-%m-%d %H:%M:%S")

@@ -662,9 +662,17 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     t0 = time.time()
+    for option, names in (("--datasets", args.datasets),
+                          ("--ablation-datasets", args.ablation_datasets)):
+        unknown = sorted(set(names.split(",")) - set(DATASETS))
+        if unknown:  # before any data is loaded or model fitted
+            raise SystemExit(f"unknown {option} {unknown}; choose from {sorted(DATASETS)}")
     if args.markdown_only:
         stem = "inpainting_" + ("ablation" if args.ablation else
                                 "quick" if args.quick else "full") + args.tag
+        if not os.path.exists(os.path.join(RESULTS_DIR, stem + ".json")):
+            raise SystemExit(f"--markdown-only needs {stem}.json in {RESULTS_DIR}; run the "
+                             "benchmark first")
         with open(os.path.join(RESULTS_DIR, stem + ".json")) as fh:
             result = json.load(fh)
         with open(os.path.join(RESULTS_DIR, stem + ".md"), "w") as fh:

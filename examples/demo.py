@@ -6,6 +6,7 @@ saves a picture of inpainted digits to examples/output/digits_inpainting.png.
 Run with ``make demo`` (creates the virtual environment on first use).
 """
 
+import argparse
 import os
 import time
 
@@ -74,4 +75,6 @@ def main():
 
 
 if __name__ == "__main__":
+    # No options; --help describes the demo, anything else is an error.
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     main()
