@@ -37,6 +37,7 @@ sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from skspn.core import keyed_random  # noqa: E402
 from skspn.core.sums import log_matmul_exp, routed_sum  # noqa: E402
 from throughput import ARCHS, build_skspn  # noqa: E402
 
@@ -70,6 +71,7 @@ def breakdown(arch_name="mnist_inpainting", batch=64, out=None, log=print):
     rng = np.random.default_rng(0)
     h, w = arch["shape"]
     x = tf.constant(rng.standard_normal((batch, h, w, 1)).astype(np.float32))
+    keys = keyed_random.sample_keys(SEED, tf.range(batch))  # the sums' per-sample keys
     rows = []
     leaf_fn = tf.function(lambda x: net.leaf_log_prob(x))
     t = bench(leaf_fn, x)
@@ -104,12 +106,12 @@ def breakdown(arch_name="mnist_inpainting", batch=64, out=None, log=print):
             s = net.sums[i]
             inp = tf.constant(cur.numpy())
             lw = log_w[i]
-            f = tf.function(lambda a, lw, s=s: s(a, lw, "gradient", SEED))
+            f = tf.function(lambda a, lw, s=s: s(a, lw, "gradient", keys))
 
             def fbr(a, lw, g, s=s, routing="gradient"):
                 with tf.GradientTape() as tape:
                     tape.watch([a, lw])
-                    o = s(a, lw, routing, SEED)
+                    o = s(a, lw, routing, keys)
                 return tape.gradient(o, [a, lw], output_gradients=g)
             tf_ = bench(f, inp, lw)
             cur = f(inp, lw)
