@@ -183,6 +183,7 @@ def test_architecture_changed_after_fit(digits):
     with pytest.raises(ValueError, match="sum_channels changed by set_params"):
         ensemble.set_params(sum_channels=8).partial_fit(X)
 
+
 @pytest.mark.parametrize("make", [lambda s: DGCSPNDensityEstimator(max_epochs=1, sum_channels=4,
                                                                     random_state=s),
                                   lambda s: DGCSPNDensityEstimator(max_epochs=1, sum_channels=4,
@@ -210,6 +211,8 @@ def test_verbose_progress(digits, capsys):
     assert "batches" in out  # the progress bar of epochs with many batches
     DGCSPNClassifier(verbose=1, **SMALL_CLF).fit(X, y)
     assert "loss=" in capsys.readouterr().out
+    DGCSPNDensityEstimator(verbose=1, **SMALL).partial_fit(X[:50])  # a few batches, no bar
+    assert "epoch 1/1" in capsys.readouterr().out
 
 
 def test_import_prints_nothing():
@@ -412,6 +415,7 @@ def test_sample_standardisation_of_rows_without_a_scale(digits):
         blank_top[:, 32:] = np.nan
         assert np.median(imp.transform(blank_top)[:, 32:]) > 0.5
 
+
 @pytest.mark.parametrize("est", _all_estimators(), ids=lambda e: type(e).__name__)
 def test_batch_size_beyond_the_data_costs_no_more_than_the_data(digits, est, monkeypatch):
     # Training batches were padded up to batch_size: 10**6 ran out of memory.
@@ -428,6 +432,7 @@ def test_batch_size_beyond_the_data_costs_no_more_than_the_data(digits, est, mon
     _fit(est.set_params(batch_size=2**14), X[:200], y[:200])
     assert seen and max(seen) == 256
 
+
 @pytest.mark.parametrize("make", [
     lambda: DGCSPNClassifier(learning_rate=100.0, max_epochs=2, random_state=0),
     lambda: DGCSPNDensityEstimator(learning="gradient", learning_rate=1e4, max_epochs=1,
@@ -439,6 +444,7 @@ def test_diverged_training_raises_instead_of_predicting_nan(digits, make):
         _fit(est, X[:200], y[:200])
     with pytest.raises(NotFittedError):  # nothing diverged is left to predict with
         est.score_samples(X[:3])
+
 
 @pytest.mark.parametrize("make", [
     lambda: DGCSPNDensityEstimator(depth=1, **SMALL),
@@ -454,6 +460,22 @@ def test_one_hot_product_over_the_whole_image(digits, make):
     assert rows.shape == (256, 64) and len(np.unique(rows, axis=0)) == 256
     assert np.isfinite(est.score_samples(X[:5])).all()
     assert abs(est.score_samples(np.full((1, 64), np.nan))[0]) < 1e-4
+
+
+def test_image_arrays_must_match_the_fitted_images():
+    rng = np.random.default_rng(0)
+    # image_shape disagreeing with the images of X (they were silently reshaped).
+    with pytest.raises(ValueError, match="disagrees with the images of X, of shape .4, 16."):
+        DGCSPNDensityEstimator(image_shape=(16, 4), **SMALL).fit(rng.random((20, 4, 16)))
+    est = DGCSPNDensityEstimator(image_shape=(4, 16), **SMALL).fit(rng.random((20, 4, 16)))
+    assert est.image_shape_ == (4, 16, 1)
+    # A colour model takes no grey (n, H, W) arrays, whatever their size.
+    colour = DGCSPNDensityEstimator(**SMALL).fit(rng.random((20, 4, 6, 3)))
+    for shape in ((2, 8, 9), (2, 4, 18), (2, 6, 4, 3)):
+        with pytest.raises(ValueError, match="fitted on images of shape .4, 6, 3."):
+            colour.impute(rng.random(shape))
+    assert colour.impute(rng.random((2, 4, 6, 3))).shape == (2, 4, 6, 3)
+
 
 def test_64x64_full_depth():
     rng = np.random.default_rng(0)

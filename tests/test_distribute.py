@@ -169,8 +169,11 @@ def test_unsupported_strategy_is_refused(digits_with_nan):
     if central is None:
         pytest.skip("CentralStorageStrategy not available in this TensorFlow")
     with central().scope():
+        # The public names, as a user types them.
         with pytest.raises(ValueError, match="unsupported tf.distribute strategy "
-                                             "CentralStorageStrategy"):
+                                             "CentralStorageStrategy; skspn trains under "
+                                             "MirroredStrategy, MultiWorkerMirroredStrategy, "
+                                             "OneDeviceStrategy"):
             DGCSPNDensityEstimator(**GENERATIVE).fit(digits_with_nan)
 
 

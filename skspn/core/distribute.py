@@ -49,7 +49,8 @@ def scope(strategy):
 
 def check_strategy(strategy):
     if strategy is not None and not isinstance(strategy, SUPPORTED_STRATEGIES):
-        names = ", ".join(s.__name__ for s in SUPPORTED_STRATEGIES)
+        # The public names (MultiWorkerMirroredStrategy's class is an internal one).
+        names = "MirroredStrategy, MultiWorkerMirroredStrategy, OneDeviceStrategy"
         raise ValueError(f"unsupported tf.distribute strategy {type(strategy).__name__}; "
                          f"skspn trains under {names}")
 

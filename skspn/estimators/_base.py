@@ -98,9 +98,9 @@ class BaseDGCSPN(BaseEstimator):
         if reset:
             self.image_shape_ = self._resolve_image_shape(X.shape[1], nd_shape)
         elif nd_shape is not None:
-            expected = self.image_shape_ if len(nd_shape) == 3 else self.image_shape_[:2]
-            if tuple(nd_shape) != tuple(expected) and not (
-                    len(nd_shape) == 2 and self.image_shape_[2] != 1):
+            # (n, H, W) arrays are grey images: a colour model takes (n, H, W, C) only.
+            given = tuple(nd_shape) + ((1,) if len(nd_shape) == 2 else ())
+            if given != tuple(self.image_shape_):
                 raise ValueError(f"X has images of shape {nd_shape}, but this estimator was "
                                  f"fitted on images of shape {self.image_shape_}")
         return X.reshape((X.shape[0],) + self.image_shape_).astype(np.float64)
@@ -116,6 +116,12 @@ class BaseDGCSPN(BaseEstimator):
             if int(np.prod(shape)) != n_features:
                 raise ValueError(f"image_shape={self.image_shape} holds {int(np.prod(shape))} "
                                  f"values, but X has {n_features} features per sample")
+            given = None if nd_shape is None else (
+                tuple(nd_shape) + ((1,) if len(nd_shape) == 2 else ()))
+            if given is not None and given != shape:
+                raise ValueError(f"image_shape={self.image_shape} disagrees with the images "
+                                 f"of X, of shape {tuple(nd_shape)}; pass 2-D X or drop "
+                                 "image_shape")
             return shape
         if nd_shape is not None:
             return tuple(nd_shape) + ((1,) if len(nd_shape) == 2 else ())

@@ -222,9 +222,11 @@ class GenerativeDGCSPN(BaseDGCSPN):
             if not hasattr(self, "_rng"):
                 self._rng = check_random_state(self.random_state)
         z, _, scale = self._scale(images)
+        t0 = time.time()
         ll = self._epoch(z, self._mean_log_jacobian(images, scale))
         self.history_.append(ll)
         self.n_iter_ += 1
+        self._log_epoch(1, 1, time.time() - t0, log_likelihood=ll)
         self._sync_weights()
         return self
 
@@ -283,7 +285,8 @@ class GenerativeDGCSPN(BaseDGCSPN):
         X : array-like of shape (n_samples, n_features) or (n_samples, H, W[, C])
         method : {'marginal', 'mpe', 'sample'}
             ``'marginal'``: posterior-weighted component modes per missing value (the
-            paper's inpainting); ``'mpe'``: the max-product (MPE) completion;
+            paper's inpainting; with discrete leaves, the most probable value of each
+            missing entry's posterior marginal); ``'mpe'``: the max-product (MPE) completion;
             ``'sample'``: a draw from the conditional distribution given the observed
             entries.
         random_state : int, RandomState or None
@@ -413,7 +416,8 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
         epochs. ``None`` runs all epochs.
     standardize : {'feature', 'sample'} or None, default='feature'
         ``'feature'``: per-feature mean and standard deviation (scores stay densities of
-        X); ``'sample'``: per-image, from each row's observed values, as the paper (a row
+        X); ``'sample'``: per-image (one mean and scale over all pixels and colour
+        channels), from each row's observed values, as the paper (a row
         with none observed or only equal ones takes ``typical_mean_`` and
         ``typical_scale_``); ``None``: raw values. With ``partial_fit``, the statistics
         come from the first batch and stay fixed.
