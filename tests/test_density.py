@@ -143,6 +143,18 @@ def test_categorical_leaf():
         DGCSPNDensityEstimator(leaf="categorical").fit(X_ids)
 
 
+def test_kernel_per_axis():
+    # (height, width) kernels: a 2x6 image with 2x3 products (a square kernel of 3 does
+    # not fit its height). The density over all 2**12 binary images sums to 1.
+    rng = np.random.default_rng(0)
+    X = (rng.random((200, 2, 6)) < 0.4).astype(float)
+    est = DGCSPNDensityEstimator(leaf="bernoulli", kernel_size=(2, 3), n_components=2,
+                                 sum_channels=3, max_epochs=2, random_state=0).fit(X)
+    assert tuple(op.kernel for op in est._network.products[0].axes) == (2, 3)
+    states = np.array(list(itertools.product([0.0, 1.0], repeat=12))).reshape(-1, 2, 6)
+    assert np.exp(est.score_samples(states)).sum() == pytest.approx(1.0, abs=1e-4)
+
+
 def test_bernoulli_rejects_non_binary():
     with pytest.raises(ValueError, match="only 0, 1"):
         DGCSPNDensityEstimator(leaf="bernoulli").fit(np.full((5, 4), 2.0))

@@ -54,7 +54,7 @@ class BaseDGCSPN(BaseEstimator):
         "depth": [StrOptions({"auto"}), Interval(Integral, 0, None, closed="left")],
         "sum_channels": _channels_constraint(),
         "n_components": [Interval(Integral, 1, None, closed="left")],
-        "kernel_size": [Interval(Integral, 2, None, closed="left")],
+        "kernel_size": [Interval(Integral, 2, None, closed="left"), tuple, list],
         "n_nonoverlapping": [Interval(Integral, 0, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -210,8 +210,9 @@ class BaseDGCSPN(BaseEstimator):
         from ..core.scopes import plan_products
 
         h, w, _ = self.image_shape_
+        kernel = self._kernel()
         try:
-            products = plan_products((h, w), self.depth, self.kernel_size,
+            products = plan_products((h, w), self.depth, kernel,
                                      self.n_nonoverlapping, first_product,
                                      self._one_hot_max_channels())
         except ValueError as exc:
@@ -231,6 +232,16 @@ class BaseDGCSPN(BaseEstimator):
             if any(c < 1 for c in channels):
                 raise ValueError(f"sum_channels must be positive, got {self.sum_channels}")
         return products, channels
+
+    def _kernel(self):
+        """``kernel_size`` for the planner: an int, or (height, width)."""
+        if np.ndim(self.kernel_size) == 0:
+            return int(self.kernel_size)
+        kernel = tuple(_integers("kernel_size", self.kernel_size))
+        if len(kernel) != 2 or min(kernel) < 2:
+            raise ValueError(f"kernel_size must be an int >= 2 or (height, width) of ints "
+                             f">= 2, got {self.kernel_size!r}")
+        return kernel
 
     def _one_hot_max_channels(self):
         return 256

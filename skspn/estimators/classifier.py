@@ -42,7 +42,8 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
     n_components : int, default=32
     n_nonoverlapping : int, default=2
         Stride = kernel layers first (fewer when the image is too small).
-    kernel_size : int, default=2
+    kernel_size : int or (int, int), default=2
+        As ``DGCSPNDensityEstimator``.
     first_product : {'depthwise', 'one_hot'}, default='depthwise'
         Channel mode of the first product (one-hot keeps a random subset of 256
         combinations when there are more).

@@ -393,7 +393,9 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
     leaf : {'normal', 'bernoulli', 'categorical'}, default='normal'
         Discrete leaves need X in {0, 1} or integer codes 0..n-1 (n <= 256); no
         standardisation.
-    kernel_size : int, default=2
+    kernel_size : int or (int, int), default=2
+        Product kernel, the same along both axes or (height, width), e.g. ``(2, 4)``
+        for wide images (axes of one cell use 1).
     first_product : {'one_hot', 'depthwise'}, default='one_hot'
         One-hot: all channel combinations (at most 256, else a seeded random subset).
     n_nonoverlapping : int, default=0
