@@ -8,6 +8,7 @@ first use after unpickling).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -31,6 +32,23 @@ def _compatible(version_a, version_b):
 
 def _channels_constraint():
     return [Interval(Integral, 1, None, closed="left"), "array-like"]
+
+
+def _observed_mean_std(values, axis):
+    """Mean and standard deviation (float64) of the non-NaN entries of ``values`` along
+    ``axis``, and their count; 0 where nothing is observed (no empty-slice warnings)."""
+    observed = ~np.isnan(values)
+    count = observed.sum(axis=axis)
+    filled = np.where(observed, values, 0.0)
+    mean = filled.sum(axis=axis) / np.maximum(count, 1)
+    deviation = np.where(observed, filled - np.expand_dims(mean, axis), 0.0)
+    std = np.sqrt((deviation ** 2).sum(axis=axis) / np.maximum(count, 1))
+    return mean, std, count
+
+
+def _with_channel_axis(image_shape):
+    """``(H, W)`` as ``(H, W, 1)``; ``(H, W, C)`` unchanged."""
+    return tuple(image_shape) + ((1,) if len(image_shape) == 2 else ())
 
 
 def _integers(name, values):
@@ -99,32 +117,27 @@ class BaseDGCSPN(BaseEstimator):
             self.image_shape_ = self._resolve_image_shape(X.shape[1], nd_shape)
         elif nd_shape is not None:
             # (n, H, W) arrays are grey images: a colour model takes (n, H, W, C) only.
-            given = tuple(nd_shape) + ((1,) if len(nd_shape) == 2 else ())
-            if given != tuple(self.image_shape_):
+            if _with_channel_axis(nd_shape) != tuple(self.image_shape_):
                 raise ValueError(f"X has images of shape {nd_shape}, but this estimator was "
                                  f"fitted on images of shape {self.image_shape_}")
         return X.reshape((X.shape[0],) + self.image_shape_).astype(np.float64)
 
     def _resolve_image_shape(self, n_features, nd_shape):
         if self.image_shape is not None:
-            shape = tuple(_integers("image_shape", self.image_shape))
-            if len(shape) == 2:
-                shape = shape + (1,)
+            shape = _with_channel_axis(_integers("image_shape", self.image_shape))
             if len(shape) != 3 or any(s < 1 for s in shape):
                 raise ValueError(f"image_shape must be (H, W) or (H, W, C) of positive ints, "
                                  f"got {self.image_shape}")
             if int(np.prod(shape)) != n_features:
                 raise ValueError(f"image_shape={self.image_shape} holds {int(np.prod(shape))} "
                                  f"values, but X has {n_features} features per sample")
-            given = None if nd_shape is None else (
-                tuple(nd_shape) + ((1,) if len(nd_shape) == 2 else ()))
-            if given is not None and given != shape:
+            if nd_shape is not None and _with_channel_axis(nd_shape) != shape:
                 raise ValueError(f"image_shape={self.image_shape} disagrees with the images "
                                  f"of X, of shape {tuple(nd_shape)}; pass 2-D X or drop "
                                  "image_shape")
             return shape
         if nd_shape is not None:
-            return tuple(nd_shape) + ((1,) if len(nd_shape) == 2 else ())
+            return _with_channel_axis(nd_shape)
         side = math.isqrt(n_features)
         if side * side == n_features:
             return (side, side, 1)
@@ -150,16 +163,9 @@ class BaseDGCSPN(BaseEstimator):
         self.typical_mean_ = float(np.median(mean[usable])) if usable.any() else 0.0
         self.typical_scale_ = float(np.median(std[usable])) if usable.any() else 1.0
         if self._standardize_mode() == "feature":
-            # An all-NaN feature gets mean 0 and scale 1 (nanmean would warn of an empty
-            # slice).
-            observed = ~np.isnan(images)
-            count = observed.sum(axis=0)
-            values = np.where(observed, images, 0.0)
-            with np.errstate(all="ignore"):
-                mean = values.sum(axis=0) / count
-                std = np.sqrt((np.where(observed, values - mean, 0.0) ** 2).sum(axis=0) / count)
-            mean = np.where(np.isfinite(mean), mean, 0.0)
-            std = np.where(np.isfinite(std) & (std > 1e-8 * (1 + np.abs(mean))), std, 1.0)
+            # An all-NaN feature gets mean 0 and scale 1.
+            mean, std, _ = _observed_mean_std(images, axis=0)
+            std = np.where(std > 1e-8 * (1 + np.abs(mean)), std, 1.0)
             self.feature_mean_, self.feature_scale_ = mean, std
 
     @staticmethod
@@ -167,13 +173,7 @@ class BaseDGCSPN(BaseEstimator):
         """Mean and standard deviation of each row's observed values (float64), and
         whether they can scale it: at least one observed value and a standard deviation
         above the round-off of the mean."""
-        rows = images.reshape(len(images), -1)
-        observed = ~np.isnan(rows)
-        count = observed.sum(axis=1)
-        filled = np.where(observed, rows, 0.0)
-        mean = filled.sum(axis=1) / np.maximum(count, 1)
-        sq = np.where(observed, filled - mean[:, None], 0.0) ** 2
-        std = np.sqrt(sq.sum(axis=1) / np.maximum(count, 1))
+        mean, std, count = _observed_mean_std(images.reshape(len(images), -1), axis=1)
         return mean, std, (count > 0) & (std > 1e-8 * (1 + np.abs(mean)))
 
     def _check_feature_scaler(self):
@@ -362,18 +362,29 @@ class BaseDGCSPN(BaseEstimator):
                 "learning (log-weights or counts)": self._learns_by_gradient()}
 
     def _remember_architecture(self):
-        self._fitted_architecture = self._architecture()
         self._fitted_parameters = {name: getattr(self, name)
                                    for name in self._architecture_parameters
                                    if hasattr(self, name)}
 
+    @contextlib.contextmanager
+    def _as_fitted(self):
+        """The architecture parameters temporarily set back to the fitted ones."""
+        fitted = getattr(self, "_fitted_parameters", {})
+        current = {name: getattr(self, name) for name in fitted}
+        self.__dict__.update(fitted)
+        try:
+            yield
+        finally:
+            self.__dict__.update(current)
+
     def _check_architecture(self):
         """Refuse to keep training the fitted network after set_params changed its
         architecture (its weights would not fit, or fit silently wrongly)."""
-        fitted = getattr(self, "_fitted_architecture", None)
-        if fitted is None:
+        if not hasattr(self, "_fitted_parameters"):
             return
         current = self._architecture()
+        with self._as_fitted():
+            fitted = self._architecture()
         changed = [name for name in current if current[name] != fitted[name]]
         if changed:
             raise ValueError(
@@ -388,14 +399,9 @@ class BaseDGCSPN(BaseEstimator):
         estimator answer as the live one does after a set_params (with the fitted model).
         """
         self._strategy = strategy
-        current = {name: getattr(self, name) for name in getattr(self, "_fitted_parameters", {})}
-        self.__dict__.update(getattr(self, "_fitted_parameters", {}))
-        try:
-            with self._distribution_scope():
-                self._network = self._make_network()
-                self._network.set_weights(self.network_weights_)
-        finally:
-            self.__dict__.update(current)
+        with self._as_fitted(), self._distribution_scope():
+            self._network = self._make_network()
+            self._network.set_weights(self.network_weights_)
         self._ops, self._learner = None, None
 
     def _training_runtime(self, **learner_kwargs):

@@ -225,7 +225,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         images = self._validate_input(X, reset=not continuing)
         y = self._validate_targets(y, len(images))
         if self.early_stopping:  # before the network is built
-            n_val = math.ceil(self.validation_fraction * len(images))
+            n_val = self._validation_size(len(images))
             if len(images) - n_val < 1:
                 raise ValueError(
                     f"early_stopping with validation_fraction={self.validation_fraction} "
@@ -323,7 +323,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         if validation:
             # Stratified when every class can be on both sides; else a plain random split
             # (train_test_split refuses to stratify then).
-            n_val = math.ceil(self.validation_fraction * len(z))
+            n_val = self._validation_size(len(z))
             counts = np.bincount(codes)
             counts = counts[counts > 0]
             can_stratify = counts.min() >= 2 and min(n_val, len(z) - n_val) >= len(counts)
@@ -360,6 +360,10 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
             self._network.set_weights(best_weights)
         self._sync_weights()
         self._optimizer_state = self._learner.optimizer.get_state()
+
+    def _validation_size(self, n):
+        """Samples held out for early stopping (train_test_split rounds up)."""
+        return math.ceil(self.validation_fraction * n)
 
     def _epoch(self, z, codes, weight):
         n, batch = len(z), self._training_batch(len(z))
