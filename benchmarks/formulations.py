@@ -117,8 +117,10 @@ def breakdown(arch_name="mnist_inpainting", batch=64, out=None, log=print):
             cur = f(inp, lw)
             g = tf.constant(rng.random(cur.shape.as_list()).astype(np.float32))
             tg = bench(tf.function(fbr), inp, lw, g)
-            th = bench(tf.function(lambda a, lw, g: fbr(a, lw, g, routing="hard_unweighted")), inp, lw, g)
-            rows.append(dict(layer=s.name, in_shape=inp.shape.as_list(), out_shape=cur.shape.as_list(),
+            th = bench(tf.function(lambda a, lw, g: fbr(a, lw, g, routing="hard_unweighted")),
+                       inp, lw, g)
+            rows.append(dict(layer=s.name, in_shape=inp.shape.as_list(),
+                             out_shape=cur.shape.as_list(),
                              fwd=tf_, fwd_bwd_gradient=tg, fwd_bwd_hard_unweighted=th))
             log(f"  {s.name:10s} {'sum':9s} {str(inp.shape.as_list()):22s} -> "
                 f"{str(cur.shape.as_list()):22s} fwd {fmt(tf_)}  fwd+bwd grad {fmt(tg)}  "
@@ -188,7 +190,8 @@ def sums(out=None, log=print, jit_options=(False, True)):
     res = []
     for n, b, ci, co, where in shapes:
         x = tf.constant(rng.standard_normal((n, b, ci)).astype(np.float32) * 3 - 10)
-        lw = tf.constant(np.log(rng.dirichlet(np.ones(ci), size=(n, co)).transpose(0, 2, 1)).astype(np.float32))
+        lw = tf.constant(np.log(rng.dirichlet(np.ones(ci), size=(n, co)).transpose(0, 2, 1))
+                         .astype(np.float32))
         ref = sum_current(x, lw).numpy()
         log(f"  {where}: [N={n}, B={b}, C_in={ci}] -> C_out={co}")
         for name, fn in SUM_VARIANTS.items():
@@ -207,7 +210,8 @@ def sums(out=None, log=print, jit_options=(False, True)):
                 tb = bench(tf.function(fb, jit_compile=jit), x, lw)
                 res.append(dict(where=where, shape=[n, b, ci, co], variant=name, jit=jit,
                                 fwd=tf_, fwd_bwd=tb, max_abs_err=err))
-                log(f"    {name:24s} jit={int(jit)} fwd {fmt(tf_)}  fwd+bwd {fmt(tb)}  err {err:.1e}")
+                log(f"    {name:24s} jit={int(jit)} fwd {fmt(tf_)}  "
+                    f"fwd+bwd {fmt(tb)}  err {err:.1e}")
     if out is not None:
         out["sums"] = res
 
@@ -362,8 +366,10 @@ def _onehot_pairwise(x):
     h, w = x.shape[0] - 1, x.shape[1] - 1
     ch = [x[a:a + h, c:c + w] for a in (0, 1) for c in (0, 1)]
     k = x.shape[-1]
-    top = tf.reshape(tf.reshape(ch[0], [h, w, -1, k, 1]) + tf.reshape(ch[1], [h, w, -1, 1, k]), [h, w, -1, k * k])
-    bot = tf.reshape(tf.reshape(ch[2], [h, w, -1, k, 1]) + tf.reshape(ch[3], [h, w, -1, 1, k]), [h, w, -1, k * k])
+    top = tf.reshape(tf.reshape(ch[0], [h, w, -1, k, 1]) + tf.reshape(ch[1], [h, w, -1, 1, k]),
+                     [h, w, -1, k * k])
+    bot = tf.reshape(tf.reshape(ch[2], [h, w, -1, k, 1]) + tf.reshape(ch[3], [h, w, -1, 1, k]),
+                     [h, w, -1, k * k])
     return tf.reshape(tf.reshape(top, [h, w, -1, k * k, 1]) + tf.reshape(bot, [h, w, -1, 1, k * k]),
                       [h, w, -1, k ** 4])
 
@@ -411,12 +417,14 @@ def products(out=None, log=print):
                     tb = None
                     log(f"    {name:22s} jit={int(jit)} backward failed: {type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:200]}")
-                res.append(dict(variant=name, jit=jit, shape=x.shape.as_list(), fwd=tf_, fwd_bwd=tb, err=err))
+                res.append(dict(variant=name, jit=jit, shape=x.shape.as_list(), fwd=tf_, fwd_bwd=tb,
+                                err=err))
                 log(f"    {name:22s} jit={int(jit)} fwd {fmt(tf_)}  fwd+bwd "
                     f"{fmt(tb) if tb else 'n/a':>32s}  err {err:.1e}")
             except Exception as exc:  # noqa: BLE001
                 res.append(dict(variant=name, jit=jit, error=f"{type(exc).__name__}: {exc}"[:500]))
-                log(f"    {name:22s} jit={int(jit)} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                log(f"    {name:22s} jit={int(jit)} failed: {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:200]}")
 
     def compare(title, x, variants):
         """Time each ``(name, fn)`` on ``x``; the first is the reference of the others."""
@@ -446,7 +454,8 @@ def products(out=None, log=print):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--breakdown", action="store_true")
     p.add_argument("--sums", action="store_true")
     p.add_argument("--routing", action="store_true")

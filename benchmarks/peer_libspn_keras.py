@@ -13,7 +13,8 @@ Mapping of the operations onto the library:
 ``forward``  ``model(x)`` with ``RootSum(return_weighted_child_logits=False)`` (log p(x)),
              gradient sum op, log-space accumulators.
 ``hard_em``  ``SumOpUnweightedHardEMBackprop`` (linear accumulators), loss ``-sum log p(x)``,
-             gradients (= hard counts) applied with ``spnk.optimizers.OnlineExpectationMaximization``
+             gradients (= hard counts) applied with
+             ``spnk.optimizers.OnlineExpectationMaximization``
              (falls back to adding the counts by hand if the optimizer does not run on
              tf-keras 2.21; the record then says so).
 ``adam``     classifier: ``LogDropout(0.2)`` after every product, ``RootSum`` returning the class
@@ -89,10 +90,12 @@ def build_model(arch, op):
         if dropout:
             layers.append(spnk.layers.LogDropout(rate=0.2))
         if i < len(stack) - 1:
-            layers.append(spnk.layers.Local2DSum(num_sums=sums[i], accumulator_initializer=acc_init))
+            layers.append(spnk.layers.Local2DSum(num_sums=sums[i],
+                                                 accumulator_initializer=acc_init))
     layers.append(spnk.layers.SpatialToRegions())
     if arch["n_classes"]:
-        layers.append(spnk.layers.DenseSum(num_sums=arch["n_classes"], accumulator_initializer=acc_init))
+        layers.append(spnk.layers.DenseSum(num_sums=arch["n_classes"],
+                                           accumulator_initializer=acc_init))
     logits = op == "adam" and bool(arch["n_classes"])
     layers.append(spnk.layers.RootSum(return_weighted_child_logits=logits,
                                       accumulator_initializer=acc_init))
@@ -101,7 +104,7 @@ def build_model(arch, op):
         # build with a dummy call (the evidence-mask model has no plain input shape)
         x = tf.zeros((1, h, w, 1))
         model((x, tf.ones((1, h, w, 1), tf.bool)))
-    top = [l for l in model.layers if isinstance(l, spnk.layers.Conv2DProduct)][-1]
+    top = [layer for layer in model.layers if isinstance(layer, spnk.layers.Conv2DProduct)][-1]
     return model, top
 
 
@@ -138,7 +141,8 @@ def step_factory(arch, op, jit, notes):
             return loss
 
         fn = tf.function(em_step, jit_compile=jit)
-        notes["em_update"] = "manual accumulator update" if manual else "OnlineExpectationMaximization"
+        notes["em_update"] = ("manual accumulator update" if manual
+                              else "OnlineExpectationMaximization")
     elif op == "adam":
         variables = model.trainable_variables
         opt = keras.optimizers.Adam(1e-3)

@@ -273,12 +273,15 @@ def ensure_peer_venv(log):
     """Create benchmarks/.peer-venv with libspn-keras 0.6.0 (never a dependency of skspn)."""
     py = PEER_VENV / "bin" / "python"
     if py.exists():
-        check = subprocess.run([str(py), "-c", "import libspn_keras, tf_keras, tensorflow_probability"],
+        check = subprocess.run([str(py), "-c",
+                                "import libspn_keras, tf_keras, tensorflow_probability"],
                                capture_output=True, text=True,
-                               env={**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
+                               env={**os.environ, "TF_USE_LEGACY_KERAS": "1",
+                                    "TF_CPP_MIN_LOG_LEVEL": "3"})
         if check.returncode == 0:
             return py
-    log(f"creating {PEER_VENV} (python -m venv; pip install {' '.join(PEER_PACKAGES + PEER_NODEPS)})")
+    log(f"creating {PEER_VENV} (python -m venv; "
+        f"pip install {' '.join(PEER_PACKAGES + PEER_NODEPS)})")
     subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
     # a venv is self-ignoring only on Python >= 3.13; make sure git never sees it
     (PEER_VENV / ".gitignore").write_text("*\n")
@@ -305,7 +308,8 @@ def main_benchmark(args, log, save=None):
     results = []
     for arch_name in archs:
         arch = ARCHS[arch_name]
-        arch_batches = [b for b in batches if not (args.quick and arch_name.startswith("olivetti") and b > 128)]
+        arch_batches = [b for b in batches
+                        if not (args.quick and arch_name.startswith("olivetti") and b > 128)]
         for op in ops:
             for jit in jits:
                 libs = ["skspn"] + (["libspn-keras"] if peer_py else [])
@@ -367,10 +371,12 @@ def write_markdown(results, meta, path):
     for lib in libs:
         lines.append(f"## {lib}")
         lines.append("")
-        lines.append("| arch | op | batch | jit off img/s | jit on img/s | faster | compile s (off / on) | peak RSS MiB (off / on) |")
+        lines.append("| arch | op | batch | jit off img/s | jit on img/s | faster | "
+                     "compile s (off / on) | peak RSS MiB (off / on) |")
         lines.append("|---|---|---|---|---|---|---|---|")
         for (l, arch, op, batch), by_jit in sorted(table.items(), key=lambda kv: (
-                list(ARCHS).index(kv[0][1]) if kv[0][1] in ARCHS else 99, OPS.index(kv[0][2]), kv[0][3])):
+                list(ARCHS).index(kv[0][1]) if kv[0][1] in ARCHS else 99, OPS.index(kv[0][2]),
+                kv[0][3])):
             if l != lib:
                 continue
             cells = []
@@ -397,18 +403,24 @@ def write_markdown(results, meta, path):
         lines.append("| arch | op | batch | skspn img/s | libspn-keras img/s | ratio |")
         lines.append("|---|---|---|---|---|---|")
         for (lib, arch, op, batch), by_jit in sorted(table.items(), key=lambda kv: (
-                list(ARCHS).index(kv[0][1]) if kv[0][1] in ARCHS else 99, OPS.index(kv[0][2]), kv[0][3])):
+                list(ARCHS).index(kv[0][1]) if kv[0][1] in ARCHS else 99, OPS.index(kv[0][2]),
+                kv[0][3])):
             if lib != "skspn":
                 continue
             peer = table.get(("libspn-keras", arch, op, batch), {})
-            s = max((r["images_per_s"] for r in by_jit.values() if r.get("status") == "ok"), default=None)
-            p = max((r["images_per_s"] for r in peer.values() if r.get("status") == "ok"), default=None)
+            s = max((r["images_per_s"] for r in by_jit.values() if r.get("status") == "ok"),
+                    default=None)
+            p = max((r["images_per_s"] for r in peer.values() if r.get("status") == "ok"),
+                    default=None)
             ratio = f"{s / p:.2f}x" if s and p else "-"
-            lines.append(f"| {arch} | {op} | {batch} | {s and f'{s:.1f}'} | {p and f'{p:.1f}'} | {ratio} |")
+            lines.append(f"| {arch} | {op} | {batch} | {s and f'{s:.1f}'} | "
+                         f"{p and f'{p:.1f}'} | {ratio} |")
         lines.append("")
-    errors = [(r["library"], r["arch"], r["op"], r["jit_compile"], row.get("error") or row.get("reason"))
+    errors = [(r["library"], r["arch"], r["op"], r["jit_compile"],
+               row.get("error") or row.get("reason"))
               for r in results for row in r["rows"] if row["status"] != "ok"]
-    errors += [(r["library"], r["arch"], r["op"], r["jit_compile"], r["error"]) for r in results if r["error"]]
+    errors += [(r["library"], r["arch"], r["op"], r["jit_compile"], r["error"])
+               for r in results if r["error"]]
     if errors:
         lines.append("## Skipped / failed")
         lines.append("")
@@ -454,7 +466,8 @@ def scaling_benchmark(args, log):
             out.append(rec)
             log(f"scaling {kind:5s} {size:4d}px depth {d} {op:8s} "
                 + (f"{row['images_per_s']:.1f} img/s, {row['peak_rss_mib']:.0f} MiB"
-                   if row.get("status") == "ok" else str(row.get("error") or row.get("reason") or error)))
+                   if row.get("status") == "ok"
+                   else str(row.get("error") or row.get("reason") or error)))
     return out
 
 
@@ -485,13 +498,16 @@ def plot_scaling(rows, path, log):
         axes[0].loglog(px, [r["median_s"] / r["batch"] * 1e3 for r in rs], marker=marker, label=op)
         axes[2].plot([r["size"] for r in rs], [r["peak_rss_mib"] for r in rs], marker=marker,
                      label=f"{op} (size)")
-        rd = [r for r in rows if r["kind"] == "depth" and r["op"] == op and r.get("status") == "ok"]
-        axes[1].plot([r["depth"] for r in rd], [r["images_per_s"] for r in rd], marker=marker, label=op)
+        rd = [r for r in rows
+              if r["kind"] == "depth" and r["op"] == op and r.get("status") == "ok"]
+        axes[1].plot([r["depth"] for r in rd], [r["images_per_s"] for r in rd], marker=marker,
+                     label=op)
         ax2 = axes[1]
         for r in rd:
             ax2.annotate(f"{r['peak_rss_mib']:.0f} MiB", (r["depth"], r["images_per_s"]),
                          fontsize=7, textcoords="offset points", xytext=(3, 3))
-    rs = [r for r in rows if r["kind"] == "size" and r["op"] == "forward" and r.get("status") == "ok"]
+    rs = [r for r in rows
+          if r["kind"] == "size" and r["op"] == "forward" and r.get("status") == "ok"]
     if rs:
         px = np.array([r["size"] ** 2 for r in rs], float)
         t0 = rs[0]["median_s"] / rs[0]["batch"] * 1e3
@@ -516,7 +532,8 @@ def plot_scaling(rows, path, log):
 def scaling_markdown(rows):
     lines = ["## Scaling (inpainting-style net: 4 components, 16 sums, batch 32, "
              f"jit {'on' if rows and rows[0]['jit_compile'] else 'off'})", "",
-             "| study | side | depth | op | img/s | ms / image | us / pixel | work (cells x ch per image) | peak RSS MiB |",
+             "| study | side | depth | op | img/s | ms / image | us / pixel | "
+             "work (cells x ch per image) | peak RSS MiB |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("status") != "ok":
@@ -524,8 +541,10 @@ def scaling_markdown(rows):
                          f"{r.get('status')} | | | | |")
             continue
         ms = r["median_s"] / r["batch"] * 1e3
-        lines.append(f"| {r['kind']} | {r['size']} | {r['depth']} | {r['op']} | {r['images_per_s']:.1f} | "
-                     f"{ms:.2f} | {ms * 1e3 / r['size'] ** 2:.2f} | {cells_per_image(r['describe'])} | "
+        lines.append(f"| {r['kind']} | {r['size']} | {r['depth']} | {r['op']} | "
+                     f"{r['images_per_s']:.1f} | "
+                     f"{ms:.2f} | {ms * 1e3 / r['size'] ** 2:.2f} | "
+                     f"{cells_per_image(r['describe'])} | "
                      f"{r['peak_rss_mib']:.0f} |")
     lines.append("")
     return "\n".join(lines)
@@ -533,15 +552,18 @@ def scaling_markdown(rows):
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="batches 64/128, 2 repeats, no Olivetti 512")
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="batches 64/128, 2 repeats, no Olivetti 512")
     p.add_argument("--peer", action="store_true", help="also run libspn-keras 0.6.0 (own venv)")
     p.add_argument("--scaling", action="store_true", help="run the scaling study (and plot)")
     p.add_argument("--no-main", action="store_true", help="skip the main throughput table")
     p.add_argument("--archs", nargs="*", choices=list(ARCHS))
     p.add_argument("--ops", nargs="*", choices=list(OPS))
     p.add_argument("--jit", choices=["both", "on", "off"], default="both",
-                   help="jit_compile setting(s) for the main table (scaling uses 'off' unless 'on')")
+                   help="jit_compile setting(s) for the main table "
+                        "(scaling uses 'off' unless 'on')")
     p.add_argument("--batches", nargs="*", type=int,
                    help="batch sizes of the main table (default 64 128 512; --quick: 64 128)")
     p.add_argument("--max-step-seconds", type=float, default=MAX_STEP_SECONDS)
@@ -563,9 +585,12 @@ def main(argv=None):
     meta = dict(date=time.strftime("%Y-%m-%d %H:%M"), machine=platform.machine(),
                 cpu=cpu_model(), cpus=os.cpu_count(), python=platform.python_version(),
                 mode="quick" if args.quick else "full", **git_state())
-    probe = subprocess.run([sys.executable, "-c", "import tensorflow as tf, json; print(json.dumps("
-                            "[tf.__version__, [d.device_type for d in tf.config.list_logical_devices()]]))"],
-                           capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    probe = subprocess.run([sys.executable, "-c",
+                            "import tensorflow as tf, json; print(json.dumps("
+                            "[tf.__version__, "
+                            "[d.device_type for d in tf.config.list_logical_devices()]]))"],
+                           capture_output=True, text=True,
+                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     try:
         meta["tf_version"], meta["devices"] = json.loads(probe.stdout.strip().splitlines()[-1])
     except Exception:  # noqa: BLE001
@@ -576,7 +601,8 @@ def main(argv=None):
     if not args.no_main:
         def save(partial):
             meta["loadavg_range"] = f"{min(loads):.1f}-{max(loads):.1f}"
-            out_json.write_text(json.dumps(dict(meta=meta, results=partial, complete=False), indent=1))
+            out_json.write_text(json.dumps(dict(meta=meta, results=partial, complete=False),
+                                           indent=1))
             write_markdown(partial, meta, RESULTS / f"throughput{args.tag}.md")
 
         results = main_benchmark(args, log, save)
@@ -591,8 +617,10 @@ def main(argv=None):
                 if lib != "skspn":
                     continue
                 peer = table.get(("libspn-keras", arch, op, batch), {})
-                s = max((r["images_per_s"] for r in by_jit.values() if r.get("status") == "ok"), default=None)
-                q = max((r["images_per_s"] for r in peer.values() if r.get("status") == "ok"), default=None)
+                s = max((r["images_per_s"] for r in by_jit.values() if r.get("status") == "ok"),
+                        default=None)
+                q = max((r["images_per_s"] for r in peer.values() if r.get("status") == "ok"),
+                        default=None)
                 print(f"  {arch:20s} {op:8s} b{batch:<4d} "
                       + (f"{s / q:6.2f}x  ({s:.1f} vs {q:.1f} img/s)" if s and q else "n/a"))
     if args.scaling:

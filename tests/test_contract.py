@@ -185,10 +185,10 @@ def test_architecture_changed_after_fit(digits):
 
 
 @pytest.mark.parametrize("make", [lambda s: DGCSPNDensityEstimator(max_epochs=1, sum_channels=4,
-                                                                    random_state=s),
+                                                                   random_state=s),
                                   lambda s: DGCSPNDensityEstimator(max_epochs=1, sum_channels=4,
-                                                                    learning="gradient",
-                                                                    random_state=s)])
+                                                                   learning="gradient",
+                                                                   random_state=s)])
 def test_same_seed_same_model_different_seed_differs(digits, make):
     X, _ = digits
     a, b, c = make(1).fit(X), make(1).fit(X), make(2).fit(X)
