@@ -89,10 +89,11 @@ def test_marginalisation_changes_score(fitted_density, digits_split):
     assert np.all(half > full)  # a marginal is more probable than the joint
 
 
-def test_feature_standardisation_is_a_density_in_x_units(digits_split):
-    """Scaling X by a changes every log-density by exactly -n_features * log a."""
+@pytest.mark.parametrize("a, b", [(3.0, 5.0), (1e-10, 0.0), (1e-9, 1e-7), (1e12, 0.0)])
+def test_feature_standardisation_is_a_density_in_x_units(digits_split, a, b):
+    """Scaling X by a changes every log-density by exactly -n_features * log a, for data in
+    tiny units too (an absolute 'constant feature' threshold once made them wrong)."""
     X = digits_split[0][:200]
-    a, b = 3.0, 5.0
     est1 = DGCSPNDensityEstimator(max_epochs=2, sum_channels=4, random_state=0).fit(X)
     est2 = DGCSPNDensityEstimator(max_epochs=2, sum_channels=4, random_state=0).fit(a * X + b)
     s1 = est1.score_samples(X[:10])

@@ -46,6 +46,14 @@ def _observed_mean_std(values, axis):
     return mean, std, count
 
 
+def _has_spread(mean, std, count):
+    """Whether a standard deviation is more than the round-off of computing it: equal
+    values give a few ulps of ``mean``, at most ``count * eps * |mean|``. The bound is
+    relative, so data in tiny units (1e-10) keep their scale, as with scikit-learn's
+    ``StandardScaler``; an absolute floor made them 'constant' and their densities wrong."""
+    return std > count * np.finfo(np.float64).eps * np.abs(mean)
+
+
 def _with_channel_axis(image_shape):
     """``(H, W)`` as ``(H, W, 1)``; ``(H, W, C)`` unchanged."""
     return tuple(image_shape) + ((1,) if len(image_shape) == 2 else ())
@@ -164,17 +172,17 @@ class BaseDGCSPN(BaseEstimator):
         self.typical_scale_ = float(np.median(std[usable])) if usable.any() else 1.0
         if self._standardize_mode() == "feature":
             # An all-NaN feature gets mean 0 and scale 1.
-            mean, std, _ = _observed_mean_std(images, axis=0)
-            std = np.where(std > 1e-8 * (1 + np.abs(mean)), std, 1.0)
+            mean, std, count = _observed_mean_std(images, axis=0)
+            std = np.where(_has_spread(mean, std, count), std, 1.0)
             self.feature_mean_, self.feature_scale_ = mean, std
 
     @staticmethod
     def _row_statistics(images):
         """Mean and standard deviation of each row's observed values (float64), and
         whether they can scale it: at least one observed value and a standard deviation
-        above the round-off of the mean."""
+        above its round-off."""
         mean, std, count = _observed_mean_std(images.reshape(len(images), -1), axis=1)
-        return mean, std, (count > 0) & (std > 1e-8 * (1 + np.abs(mean)))
+        return mean, std, (count > 0) & _has_spread(mean, std, count)
 
     def _check_feature_scaler(self):
         if not hasattr(self, "feature_mean_"):
