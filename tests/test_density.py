@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+import scipy.sparse
 from scipy.special import logsumexp
 from sklearn.datasets import load_digits
 from sklearn.impute import SimpleImputer
@@ -257,6 +258,13 @@ def test_imputer_missing_values_placeholder(digits_split):
     online = [DGCSPNImputer(missing_values=mv, sum_channels=4, random_state=0).partial_fit(
         data).network_weights_ for mv, data in ((-1, X), (np.nan, X_nan))]
     assert all(np.array_equal(a, b) for a, b in zip(*online))
+    # score_samples / score marginalise the placeholder as transform imputes it.
+    imp_nan = DGCSPNImputer(max_epochs=1, sum_channels=4, random_state=0).fit(X_train)
+    assert np.array_equal(imp.score_samples(X), imp_nan.score_samples(X_nan))
+    assert imp.score(X) == imp_nan.score(X_nan)
+    # Sparse input is refused with the validation's message, whatever the placeholder.
+    with pytest.raises(TypeError, match="[Ss]parse"):
+        imp.transform(scipy.sparse.csr_matrix(np.where(X == -1, 0, X)))
     # With another placeholder NaN is bad input (as in sklearn.impute), not a second marker.
     for call in (imp.transform, imp.fit, imp.partial_fit, DGCSPNImputer(
             missing_values=-1, n_networks=2, max_epochs=1).fit):

@@ -6,6 +6,7 @@ import numbers
 from numbers import Integral
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.special import logsumexp, softmax
 from sklearn.base import OneToOneFeatureMixin, TransformerMixin, _fit_context, clone
 from sklearn.utils import check_random_state
@@ -28,9 +29,10 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
     Parameters
     ----------
     missing_values : float, int or np.nan, default=np.nan
-        The placeholder for missing values; all its occurrences are imputed. With any
-        other value than NaN, NaN in ``X`` is an error (as in ``sklearn.impute``).
-        ``impute`` always takes NaN as its marker.
+        The placeholder for missing values: ``transform`` imputes all its occurrences,
+        ``score_samples`` and ``score`` marginalise them. With any other value than NaN,
+        NaN in ``X`` is an error (as in ``sklearn.impute``). ``impute`` always takes NaN as
+        its marker.
     completion : {'marginal', 'mpe'}, default='marginal'
         ``'marginal'``: posterior-weighted component modes (the paper's inpainting);
         ``'mpe'``: the max-product (MPE) completion.
@@ -123,6 +125,8 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
     def _with_nan(self, X):
         """Replace ``missing_values`` by NaN (the core's marker of a missing entry)."""
         if self.missing_values is None or np.isnan(self.missing_values):  # any NaN scalar
+            return X
+        if sp.issparse(X):  # refused by the input validation, with a clear message
             return X
         # As sklearn.impute: with another placeholder, NaN is not a missing marker but bad
         # input (it would otherwise be imputed silently as well).
@@ -278,6 +282,20 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
             out[rows] = self.estimators_[m]._draw_scaled(int(rows.sum()), rng,
                                                          batch_size or self.batch_size)
         return out
+
+    def score_samples(self, X):
+        """Log-likelihood of each sample, its missing entries (``missing_values``)
+        marginalised; see ``DGCSPNDensityEstimator.score_samples``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_samples, H, W[, C])
+
+        Returns
+        -------
+        log_prob : ndarray of shape (n_samples,)
+        """
+        return super().score_samples(self._with_nan(X))
 
     def transform(self, X):
         """Impute all missing entries of ``X``.
