@@ -145,6 +145,37 @@ def test_categorical_leaf():
         DGCSPNDensityEstimator(leaf="categorical").fit(X_ids)
 
 
+def test_categorical_leaves_cover_more_categories_than_components():
+    # EM keeps the leaves fixed, so every category needs a component that makes it
+    # probable: codes 0..7 with 4 components once kept codes 4..7 at 1.4 % each and never
+    # imputed them.
+    rng = np.random.RandomState(0)
+    a = rng.randint(0, 8, 400)
+    X = np.column_stack([a, (a + rng.randint(0, 2, 400)) % 8, 7 - a]).astype(float)
+    est = DGCSPNDensityEstimator(leaf="categorical", n_components=4, max_epochs=5,
+                                 random_state=0).fit(X)
+    marginal = np.exp(est.score_samples(
+        np.column_stack([np.arange(8.0), np.full(8, np.nan), np.full(8, np.nan)])))
+    assert marginal.sum() == pytest.approx(1.0, abs=1e-4)
+    assert marginal.min() > 0.08  # the data's marginal is 1/8 each
+    X_missing = X.copy()
+    X_missing[:, 0] = np.nan  # column 0 is 7 - column 2: recoverable
+    completed = est.impute(X_missing)[:, 0]
+    assert np.mean(completed == X[:, 0]) > 0.5
+
+
+def test_single_bernoulli_component_is_each_pixels_frequency():
+    # One component per pixel: nothing to mix, so the model is the independent-pixel
+    # model of the training frequencies (it once stayed at p = 0.5, ignoring the data).
+    rng = np.random.default_rng(0)
+    X = (rng.random((300, 9)) < np.linspace(0.1, 0.9, 9)).astype(float)
+    est = DGCSPNDensityEstimator(leaf="bernoulli", n_components=1, max_epochs=2,
+                                 random_state=0).fit(X)
+    p = (X.sum(axis=0) + 1) / (len(X) + 2)  # add-one smoothed
+    independent = (X * np.log(p) + (1 - X) * np.log(1 - p)).sum(axis=1)
+    assert np.allclose(est.score_samples(X), independent, atol=1e-4)
+
+
 def test_kernel_per_axis():
     # (height, width) kernels: a 2x6 image with 2x3 products (a square kernel of 3 does
     # not fit its height). The density over all 2**12 binary images sums to 1.

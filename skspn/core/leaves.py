@@ -52,6 +52,46 @@ def quantile_means(images: np.ndarray, n_components: int) -> np.ndarray:
     return means.astype(np.float32)
 
 
+def bernoulli_logits(images, n_components: int) -> np.ndarray:
+    """Initial logits of P(x = 1) ``[H, W, C, K]``: components spread over 0.02 ... 0.98,
+    which the sums mix into any marginal; a single component is each pixel's own
+    frequency of ones (add-one smoothed), since nothing could mix a fixed 0.5 into it."""
+    x = np.asarray(images, dtype=np.float64)
+    if n_components > 1:
+        p = np.broadcast_to(np.linspace(0.02, 0.98, n_components), x.shape[1:] + (n_components,))
+    else:
+        p = ((x == 1).sum(axis=0) + 1.0) / ((~np.isnan(x)).sum(axis=0) + 2.0)
+        p = p[..., None]
+    return np.log(p / (1 - p)).astype(np.float32)
+
+
+def categorical_logits(images, n_components: int, n_categories: int) -> np.ndarray:
+    """Initial log-probabilities ``[H, W, C, K, n_categories]`` of Categorical leaves.
+
+    Component ``k`` puts 0.9 of its mass on its own categories and spreads 0.1 evenly over
+    the rest. With at most ``K`` categories its own is category ``k mod n``; with more,
+    the codes are cut into ``K`` contiguous blocks (neighbouring codes together, which
+    suits ordinal codes such as intensities) and a block's mass follows each pixel's
+    frequencies of its codes (add-one smoothed). Every category is then probable under
+    some component: EM keeps the leaves fixed, and a category without one could never be
+    learned (with codes 0..7 and 4 components, codes 4..7 kept 1.4 % each).
+    """
+    x = np.asarray(images, dtype=np.float64)
+    K, n = n_components, n_categories
+    if n <= K:
+        home = (np.arange(K) % n)[:, None] == np.arange(n)[None, :]  # [K, n]
+    else:
+        home = (np.arange(n)[None, :] * K) // n == np.arange(K)[:, None]
+    counts = np.stack([(x == c).sum(axis=0) for c in range(n)], axis=-1) + 1.0  # [H, W, C, n]
+    inside = np.where(home, counts[..., None, :], 0.0)  # [H, W, C, K, n]
+    inside = 0.9 * inside / inside.sum(axis=-1, keepdims=True)
+    n_outside = n - home.sum(axis=-1, keepdims=True)  # [K, 1]
+    outside = np.where(home, 0.0, 0.1 / np.maximum(n_outside, 1))
+    probs = inside + outside
+    probs = probs / probs.sum(axis=-1, keepdims=True)  # n = 1: the 0.1 has nowhere to go
+    return np.log(probs).astype(np.float32)
+
+
 def equidistant_means(spatial_shape, n_colors: int, n_components: int, low: float,
                       high: float) -> np.ndarray:
     """Means spread evenly over ``[low, high]`` along the component axis of every pixel.

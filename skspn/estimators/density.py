@@ -93,18 +93,18 @@ class GenerativeDGCSPN(BaseDGCSPN):
         h, w, c = self.image_shape_
         k = self.n_components
         trainable = self.learning == "gradient"
+        # Leaves initialised from the training data z; without it (a rebuild from stored
+        # weights) any values of the right shape do, as the weights replace them.
+        if z is None:
+            z = np.full((1, h, w, c), np.nan, np.float32)
         if self.leaf == "normal":
-            loc = L.quantile_means(z, k) if z is not None else np.zeros((h, w, c, k), np.float32)
-            leaf = L.NormalLeaf(loc, scale=self.leaf_scale, trainable=trainable)
+            leaf = L.NormalLeaf(L.quantile_means(z, k), scale=self.leaf_scale,
+                                trainable=trainable)
         elif self.leaf == "bernoulli":
-            p = np.linspace(0.02, 0.98, k) if k > 1 else np.array([0.5])
-            logits = np.broadcast_to(np.log(p / (1 - p)), (h, w, c, k)).astype(np.float32)
-            leaf = L.BernoulliLeaf(logits, trainable=trainable)
+            leaf = L.BernoulliLeaf(L.bernoulli_logits(z, k), trainable=trainable)
         else:
-            n = self.n_categories_
-            logits = np.full((h, w, c, k, n), np.log(0.1 / max(n - 1, 1)), np.float32)
-            logits[..., np.arange(k), np.arange(k) % n] = np.log(0.9)
-            leaf = L.CategoricalLeaf(logits, trainable=trainable)
+            leaf = L.CategoricalLeaf(L.categorical_logits(z, k, self.n_categories_),
+                                     trainable=trainable)
         products, channels = self._plan(self.first_product)
         return self._build_network(leaf, products, channels, None,
                                    log_space=self.learning == "gradient", seed=self.seed_)
@@ -392,7 +392,9 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
         Leaf components per pixel.
     leaf : {'normal', 'bernoulli', 'categorical'}, default='normal'
         Discrete leaves need X in {0, 1} or integer codes 0..n-1 (n <= 256); no
-        standardisation.
+        standardisation. With fewer components than categories, neighbouring codes share
+        a component, their proportions fixed at each pixel's training frequencies (EM
+        learns only the sums): ``n_components >= n`` gives every category its own.
     kernel_size : int or (int, int), default=2
         Product kernel, the same along both axes or (height, width), e.g. ``(2, 4)``
         for wide images (axes of one cell use 1).
