@@ -3,6 +3,7 @@
 import itertools
 import logging
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -488,3 +489,20 @@ def test_several_networks_do_not_warn_of_retracing(ensemble_and_warnings):
     # frequent retracing must not take those first traces for one function retracing.
     _, warnings = ensemble_and_warnings
     assert not [message for message in warnings if "retracing" in message]
+
+
+def test_sample_standardisation_warns_on_columns_in_different_units(digits_split):
+    # One mean and scale per row suit pixels, not columns in different units: on such
+    # data 'sample' completions came out hundreds of standard deviations off.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 6)) * np.array([0.1, 1.0, 1.0, 2.0, 5.0, 500.0])
+    for estimator in (DGCSPNImputer(max_epochs=1, random_state=0),
+                      DGCSPNDensityEstimator(standardize="sample", max_epochs=1,
+                                             random_state=0)):
+        with pytest.warns(UserWarning, match="use standardize='feature'") as record:
+            estimator.fit(X)
+        assert record[0].filename == __file__  # points at the caller, not at skspn
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DGCSPNImputer(standardize="feature", max_epochs=1, random_state=0).fit(X)
+        DGCSPNImputer(max_epochs=1, sum_channels=4, random_state=0).fit(digits_split[0][:200])

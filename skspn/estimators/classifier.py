@@ -64,6 +64,11 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
     validation_fraction : float, default=0.1
     n_iter_no_change : int, default=5
     standardize : {'sample', 'feature'} or None, default='sample'
+        Per-image standardisation (one mean and scale per row, from its observed
+        values, as the paper), per-feature statistics of the training data, or none.
+        ``'sample'`` suits images, whose pixels share one unit; for tabular data with
+        columns in different units use ``'feature'`` (a fit with ``'sample'`` warns when
+        the features' standard deviations differ by more than 100 times).
     leaf_scale : float, default=0.5
         Initial standard deviation of the Normal components (standardised units). Means
         start equidistant per pixel over the 1st-99th percentile of the standardised

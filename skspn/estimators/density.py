@@ -423,10 +423,17 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
         X); ``'sample'``: per-image (one mean and scale over all pixels and colour
         channels), from each row's observed values, as the paper (a row
         with none observed or only equal ones takes ``typical_mean_`` and
-        ``typical_scale_``); ``None``: raw values. With ``partial_fit``, the statistics
-        come from the first batch and stay fixed.
+        ``typical_scale_``); it suits images, whose pixels share one unit, and a fit
+        with it warns when the features' standard deviations differ by more than 100
+        times; ``None``: raw values. With ``partial_fit``, the statistics come from the first
+        batch and stay fixed, as do the leaf components (quantiles of that batch, fixed
+        under EM): make the first batch large and representative.
     leaf_scale : float, default=1.0
-        Standard deviation of the Normal components, in standardised units.
+        Standard deviation of the Normal components, in standardised units. The paper's
+        unit variance completes images best (``benchmarks/README.md``); as a density it
+        is wider than the data (the quantile means spread on top of it), so for
+        ``score_samples`` a smaller value (e.g. 0.5), chosen on held-out ``score``, can
+        fit better.
     random_state : int, RandomState instance or None, default=None
     verbose : int, default=0
         1 prints one line per epoch and a progress bar on long epochs.

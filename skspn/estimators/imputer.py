@@ -38,7 +38,10 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         ``'mpe'``: the max-product (MPE) completion.
     standardize : {'sample', 'feature'} or None, default='sample'
         Per-image standardisation from the observed entries (as the paper), per-feature,
-        or none. When large regions are missing (half an image), ``'sample'`` estimates
+        or none. ``'sample'`` suits images, whose pixels share one unit; for tabular
+        data with columns in different units use ``'feature'`` (a fit with ``'sample'``
+        warns when the features' standard deviations differ by more than 100 times).
+        When large regions are missing (half an image), ``'sample'`` estimates
         each image's statistics from the observed part alone, which scales it differently
         from the complete training images; ``'feature'`` scales it exactly as in training.
         In the inpainting benchmark (``benchmarks/README.md``) ``'feature'`` completed the
