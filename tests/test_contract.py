@@ -200,15 +200,21 @@ def test_same_seed_same_model_different_seed_differs(digits, make):
 # --------------------------------------------------------------------------- progress
 
 
-def test_verbose_progress(digits, capsys):
+def test_verbose_progress(digits, capsys, monkeypatch):
     X, y = digits
     DGCSPNDensityEstimator(verbose=0, **SMALL).fit(X)
     assert capsys.readouterr().out == ""
-    DGCSPNDensityEstimator(verbose=1, max_epochs=2, tol=None, sum_channels=4,
-                           batch_size=16, random_state=0).fit(X)
+    many_batches = dict(verbose=1, max_epochs=2, tol=None, sum_channels=4, batch_size=16,
+                        random_state=0)
+    DGCSPNDensityEstimator(**many_batches).fit(X)
     out = capsys.readouterr().out
     assert "epoch 1/2" in out and "epoch 2/2" in out and "log_likelihood=" in out
-    assert "batches" in out  # the progress bar of epochs with many batches
+    # The progress bar (redrawn with \r) only on a terminal: in a log it was one long line.
+    assert "batches" not in out
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    DGCSPNDensityEstimator(**many_batches).fit(X)
+    assert "batches" in capsys.readouterr().out
+    monkeypatch.undo()
     DGCSPNClassifier(verbose=1, **SMALL_CLF).fit(X, y)
     assert "loss=" in capsys.readouterr().out
     DGCSPNDensityEstimator(verbose=1, **SMALL).partial_fit(X[:50])  # a few batches, no bar

@@ -159,6 +159,7 @@ class GradientLearner:
         self.objective = objective
         self.product_dropout = float(product_dropout)
         self.input_dropout = float(input_dropout)
+        self.jit_compile = bool(jit_compile)
         self.variables = [v for v in network.trainable_variables]
         self.parallel = _data_parallel(strategy, jit_compile, network)
         with self.parallel.scope():
@@ -205,6 +206,8 @@ class GradientLearner:
         batch = (x, y, weight, tf.range(tf.shape(x)[0]))
         reached, loss_sum, weight_sum = self.parallel(
             functools.partial(self._batch_gradients, keep_masks=keep_masks), batch, seed)
+        # A batch of zero total weight has zero gradients (not 0 / 0 = NaN).
+        weight_sum = tf.maximum(weight_sum, 1e-30)
         grads = [reached[i] / weight_sum if i in reached else None
                  for i in range(len(self.variables))]
         self.optimizer.apply(grads)

@@ -229,6 +229,14 @@ class BaseDGCSPN(BaseEstimator):
         mean, std, count = _observed_mean_std(images.reshape(len(images), -1), axis=1)
         return mean, std, (count > 0) & _has_spread(mean, std, count)
 
+    def _log_jacobian(self, images, scale):
+        """``-sum log scale`` over the observed entries of each row: what turns a density
+        of the standardised values into one of ``X`` (0 unless ``'feature'``)."""
+        if self._standardize_mode() != "feature":
+            return np.zeros(len(images))
+        log_scale = np.broadcast_to(np.log(scale), images.shape)
+        return -np.where(np.isnan(images), 0.0, log_scale).reshape(len(images), -1).sum(axis=1)
+
     def _check_feature_scaler(self):
         if not hasattr(self, "feature_mean_"):
             raise ValueError(
@@ -350,7 +358,8 @@ class BaseDGCSPN(BaseEstimator):
 
     def _progress(self, done, total, start_time):
         """A one-line progress bar for long epochs (``verbose >= 1``)."""
-        if not self.verbose or total < 20:
+        # Redrawn in place with \r: only on a terminal (in a log file it is one long line).
+        if not self.verbose or total < 20 or not sys.stdout.isatty():
             return
         width = 30
         filled = int(width * done / total)
@@ -476,6 +485,11 @@ class BaseDGCSPN(BaseEstimator):
             self._rebuild_network(strategy)
         if getattr(self, "_learner", None) is None:
             self._learner = self._make_learner(**learner_kwargs)
+        if hasattr(self._learner, "optimizer"):
+            # set_params(learning_rate=...) between calls takes effect (a decay schedule in
+            # a partial_fit loop), as it does for a rebuilt (unpickled) learner; the
+            # optimiser's moments carry over.
+            self._learner.optimizer.learning_rate.assign(self.learning_rate)
         return self._learner
 
     # ------------------------------------------------------------------ pickling

@@ -199,8 +199,18 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         return CompiledOps(self._network, jit_compile=self.jit_compile)
 
     def _resume(self):
-        """Continue training a fitted (or unpickled) classifier: network and learner."""
-        self._training_runtime()
+        """Continue training a fitted (or unpickled) classifier: network and learner.
+
+        The learner follows the current parameters, as one rebuilt after unpickling does:
+        the learning rate is set in place, other dropout rates or ``jit_compile`` (traced
+        into its step) need a new learner, which takes over the optimiser's moments.
+        """
+        learner = self._training_runtime()
+        if (learner.product_dropout, learner.input_dropout, learner.jit_compile) != (
+                self.product_dropout, self.input_dropout, bool(self.jit_compile)):
+            self._optimizer_state = learner.optimizer.get_state()
+            self._learner = self._make_learner()
+            self._ops = self._make_ops()
 
     # ------------------------------------------------------------------ fitting
     def _validate_targets(self, y, n_samples):
@@ -243,12 +253,10 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
             if unseen.size:
                 raise ValueError(f"y has classes {unseen.tolist()} not seen in the first fit")
             self._resume()
-            # set_params between warm fits takes effect; the moments carry over.
-            self._learner.optimizer.learning_rate.assign(self.learning_rate)
         else:
             classes = np.unique(y)
             if len(classes) < 2:
-                raise ValueError(f"y has only one class ({classes[0]!r}, n_samples="
+                raise ValueError(f"y has only one class ({classes.tolist()[0]!r}, n_samples="
                                  f"{len(y)}); a classifier needs at least 2 classes")
             self._initialise(images, classes, y, sample_weight)
         codes = np.searchsorted(self.classes_, y).astype(np.int32)
@@ -282,7 +290,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
             classes = np.unique(column_or_1d(classes))
             if len(classes) < 2:
                 raise ValueError("classes must hold at least 2 classes")
-            self._initialise(images, classes, y, sample_weight)
+            self._initialise(images, classes)
         else:
             if classes is not None and not np.array_equal(np.unique(column_or_1d(classes)),
                                                           self.classes_):
@@ -297,7 +305,11 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         self._train(images, codes, sample_weight, 1, validation=False)
         return self
 
-    def _initialise(self, images, classes, y, sample_weight):
+    def _initialise(self, images, classes, y=None, sample_weight=None):
+        """A new network; the class prior starts at the (weighted) class frequencies of
+        ``y``, or uniform without it (``partial_fit``: the first chunk of a stream need
+        not hold every class, and a prior of ~0 for a class Adam did not lift in four
+        passes over digits)."""
         self._optimizer_state = None  # a new fit starts a new optimiser
         self.classes_ = classes
         self._rng = check_random_state(self.random_state)
@@ -313,10 +325,10 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         with self._distribution_scope():
             self._network = self._make_network()
         self._remember_architecture()
-        # The class prior starts at the (weighted) class frequencies.
-        freq = np.array([sample_weight[y == c].sum() for c in classes], np.float64)
-        freq = np.maximum(freq / freq.sum(), 1e-6)
-        self._network.class_prior.accumulator.assign(np.log(freq).reshape(1, -1, 1))
+        if y is not None:
+            freq = np.array([sample_weight[y == c].sum() for c in classes], np.float64)
+            freq = np.maximum(freq / freq.sum(), 1e-6)
+            self._network.class_prior.accumulator.assign(np.log(freq).reshape(1, -1, 1))
         self._learner = self._make_learner()
         self._ops = self._make_ops()
         self.history_ = {"loss": [], "train_accuracy": [], "validation_accuracy": []}
@@ -338,7 +350,11 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
                 random_state=self._rng.randint(0, 2**31 - 1), stratify=stratify)
         else:
             idx_train, idx_val = np.arange(len(z)), None
-        weight = sample_weight / max(sample_weight[idx_train].mean(), 1e-12)
+        if not sample_weight[idx_train].sum() > 0:
+            raise ValueError("sample_weight is 0 for every training sample"
+                             + (" left after the early-stopping hold-out" if validation
+                                else "") + ": there is nothing to fit")
+        weight = sample_weight / sample_weight[idx_train].mean()
         best, best_weights, since_best = -np.inf, None, 0
         for epoch in range(n_epochs):
             t0 = time.time()
@@ -378,12 +394,14 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         for i, (start, stop, _) in enumerate(self._padded_batches(n, batch)):
             idx = order[start:stop]
             seed = self._seed_pair(self._rng)
+            if not weight[idx].sum() > 0:  # nothing to learn (bootstrap weights of 0)
+                continue
             loss = self._learner.step(self._pad(z[idx], batch), self._pad(weight[idx], batch, 0.0),
                                       seed, self._pad(codes[idx], batch, 0))
-            total += loss * weight[idx].sum()
+            total += float(loss) * weight[idx].sum()
             self._progress(i + 1, n_batches, start_time)
         self._check_finite_training(total / weight.sum(), "training loss")
-        return total / weight.sum()
+        return float(total / weight.sum())
 
     # ------------------------------------------------------------------ queries
     def _joint(self, z):
@@ -441,7 +459,12 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         return self.classes_[np.argmax(joint, axis=1)]
 
     def score_samples(self, X):
-        """``log p(x)`` under the joint model (in standardised units), e.g. for outliers.
+        """``log p(x)``, the class sums mixed by the prior, missing entries marginalised.
+
+        With ``standardize='feature'`` or None the exact log-density of the observed
+        entries in ``X``'s own units (the Jacobian of the scaling included, as
+        ``DGCSPNDensityEstimator.score_samples``); with ``'sample'`` the log-density of
+        the per-sample standardised image, blind to each row's own level and scale.
 
         Parameters
         ----------
@@ -451,4 +474,8 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         -------
         log_prob : ndarray of shape (n_samples,)
         """
-        return logsumexp(self._joint_from_X(X), axis=1)
+        self._check_fitted()
+        images = self._validate_input(X, reset=False)
+        z, _, scale = self._scale(images)
+        return (logsumexp(self._joint(z).astype(np.float64), axis=1)
+                + self._log_jacobian(images, scale))

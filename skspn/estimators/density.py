@@ -234,13 +234,6 @@ class GenerativeDGCSPN(BaseDGCSPN):
     def _mean_log_jacobian(self, images, scale):
         return float(np.mean(self._log_jacobian(images, scale)))
 
-    def _log_jacobian(self, images, scale):
-        """``-sum log scale`` over the observed entries of each row (0 unless 'feature')."""
-        if self._standardize_mode() != "feature":
-            return np.zeros(len(images))
-        log_scale = np.broadcast_to(np.log(scale), images.shape)
-        return -np.where(np.isnan(images), 0.0, log_scale).reshape(len(images), -1).sum(axis=1)
-
     def score_samples(self, X):
         """Log-likelihood of each sample, missing (NaN) entries marginalised.
 
