@@ -506,3 +506,19 @@ def test_sample_standardisation_warns_on_columns_in_different_units(digits_split
         warnings.simplefilter("error")
         DGCSPNImputer(standardize="feature", max_epochs=1, random_state=0).fit(X)
         DGCSPNImputer(max_epochs=1, sum_channels=4, random_state=0).fit(digits_split[0][:200])
+
+
+def test_imputer_preserves_float32_and_warns_of_unobserved_features(digits_split):
+    X_train = digits_split[0][:200].copy()
+    X = _bottom_half_missing(digits_split[1][:5])
+    imp = DGCSPNImputer(max_epochs=1, sum_channels=4, random_state=0).fit(X_train)
+    for missing_values, X_in in ((np.nan, X), (-1.0, np.where(np.isnan(X), -1.0, X))):
+        out = imp.set_params(missing_values=missing_values).transform(X_in.astype(np.float32))
+        assert out.dtype == np.float32  # as sklearn's imputers (it came back float64)
+        assert np.array_equal(out[:, :32], X[:, :32].astype(np.float32))
+        assert out.dtype == np.float32 and np.isfinite(out).all()
+    assert imp.set_params(missing_values=np.nan).transform(X).dtype == np.float64
+    X_train[:, [0, 5]] = np.nan  # never observed: kept (a pixel), with a warning
+    with pytest.warns(UserWarning, match=r"2 of 64 features have no observed value in the "
+                                         r"training data \(0, 5\)"):
+        DGCSPNDensityEstimator(max_epochs=1, sum_channels=4, random_state=0).fit(X_train)

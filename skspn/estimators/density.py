@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from numbers import Integral
 
 import numpy as np
@@ -10,7 +11,7 @@ from sklearn.base import DensityMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import StrOptions
 
-from ._base import BaseDGCSPN
+from ._base import BaseDGCSPN, _caller_stacklevel
 
 #: leaf='categorical': the most categories (8-bit codes); the leaves' per-category
 #: tensors grow with the count, and raw identifiers (zip codes) would exhaust memory.
@@ -125,6 +126,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
 
     # ------------------------------------------------------------------ fitting
     def _initialise(self, images, online=False):
+        self._warn_unobserved_features(images)
         self._optimizer_state = None  # a new fit starts a new optimiser
         self._rng = check_random_state(self.random_state)
         self._setup_distribution(images)
@@ -139,6 +141,21 @@ class GenerativeDGCSPN(BaseDGCSPN):
         self.history_ = []
         self.n_iter_ = 0
         self.converged_ = False
+
+    def _warn_unobserved_features(self, images):
+        """Features never observed in training: kept (they are pixels of the image, which
+        cannot drop them as scikit-learn's imputers drop such columns), with a warning."""
+        unobserved = np.flatnonzero(np.isnan(images.reshape(len(images), -1)).all(axis=0))
+        if not unobserved.size:
+            return
+        names = getattr(self, "feature_names_in_", None)
+        shown = [names[i] if names is not None else int(i) for i in unobserved[:10]]
+        more = f" and {unobserved.size - 10} more" if unobserved.size > 10 else ""
+        warnings.warn(
+            f"{unobserved.size} of {self.n_features_in_} features have no observed value "
+            f"in the training data ({', '.join(map(str, shown))}{more}): the model learns "
+            "nothing about them, so their completions and their terms in score_samples "
+            "carry no information from the data", UserWarning, stacklevel=_caller_stacklevel())
 
     def _epoch(self, z, log_jacobian):
         """One pass over ``z`` in shuffled batches; returns the mean train log-likelihood."""
@@ -288,17 +305,22 @@ class GenerativeDGCSPN(BaseDGCSPN):
         Returns
         -------
         X_completed : ndarray of the same shape as ``X`` (2-D input gives 2-D output)
+            float32 for float32 input (as scikit-learn's imputers), else float64.
         """
         if method not in ("marginal", "mpe", "sample"):
             raise ValueError(f"method must be 'marginal', 'mpe' or 'sample', got {method!r}")
         self._check_fitted()
         nd_shape = X.shape if isinstance(X, np.ndarray) and X.ndim > 2 else None
+        dtypes = set(np.asarray(X.dtypes)) if hasattr(X, "dtypes") else {
+            getattr(X, "dtype", None)}
+        out_dtype = np.float32 if dtypes == {np.dtype(np.float32)} else np.float64
         images = self._prepare(X, reset=False)
         completed = self._complete(images, method, check_random_state(random_state))
         # ``images`` holds the validated values in float64, not the network's float32
         # copy: observed entries come back bit for bit, whatever container X came in.
         rows = images.reshape(len(images), -1)
         out = np.where(np.isnan(rows), completed.reshape(len(images), -1), rows)
+        out = out.astype(out_dtype, copy=False)  # float32 X: observed entries stay exact
         if nd_shape is not None:
             out = out.reshape(nd_shape)
         return out

@@ -140,7 +140,8 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
             if X.isna().to_numpy().any():
                 raise nan_error
             return X.mask(X == self.missing_values)
-        X = np.array(X, dtype=np.float64)
+        X = np.array(X, dtype=np.float32 if getattr(X, "dtype", None) == np.float32
+                     else np.float64)  # float32 stays float32 (transform's output dtype)
         if np.isnan(X).any():
             raise nan_error
         X[X == self.missing_values] = np.nan
@@ -309,7 +310,7 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
 
         Returns
         -------
-        X_imputed : ndarray of the same shape as ``X``
+        X_imputed : ndarray of the same shape as ``X``, float32 for float32 input
             Image arrays come back as images, except when ``set_output`` asks for a
             DataFrame: then ``(n_samples, n_features)``, columns as
             ``get_feature_names_out()``.
@@ -321,5 +322,5 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.transformer_tags.preserves_dtype = ["float64"]
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
