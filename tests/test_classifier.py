@@ -254,3 +254,22 @@ def test_one_class_message_shows_the_label(digits):
     X = digits[0][:20]
     with pytest.raises(ValueError, match=r"y has only one class \(3.0, n_samples=20\)"):
         DGCSPNClassifier().fit(X, np.full(20, 3.0))
+
+
+def test_warm_fits_hold_out_the_same_validation_samples(digits, monkeypatch):
+    import skspn.estimators.classifier as classifier_module
+
+    held_out = []
+
+    def recording_split(*args, **kwargs):
+        idx_train, idx_val = train_test_split(*args, **kwargs)
+        held_out.append(np.sort(idx_val))
+        return idx_train, idx_val
+
+    monkeypatch.setattr(classifier_module, "train_test_split", recording_split)
+    X, y = digits[0][:200], digits[2][:200]
+    clf = DGCSPNClassifier(max_epochs=1, early_stopping=True, warm_start=True,
+                           sum_channels=4, n_components=4, random_state=0)
+    clf.fit(X, y)
+    clf.fit(X, y)
+    assert len(held_out) == 2 and np.array_equal(held_out[0], held_out[1])

@@ -60,7 +60,8 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
     max_epochs : int, default=50
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the data and stop when validation accuracy has
-        not improved for ``n_iter_no_change`` epochs (the best weights are kept).
+        not improved for ``n_iter_no_change`` epochs (the best weights are kept). Warm fits
+        on the same data hold out the same samples.
     validation_fraction : float, default=0.1
     n_iter_no_change : int, default=5
     standardize : {'sample', 'feature'} or None, default='sample'
@@ -345,9 +346,11 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
             counts = counts[counts > 0]
             can_stratify = counts.min() >= 2 and min(n_val, len(z) - n_val) >= len(counts)
             stratify = codes if can_stratify else None
+            # Keyed by the model's seed, not drawn: warm fits on the same data hold out the
+            # same samples (a new split each time validated on samples trained on before).
             idx_train, idx_val = train_test_split(
                 np.arange(len(z)), test_size=self.validation_fraction,
-                random_state=self._rng.randint(0, 2**31 - 1), stratify=stratify)
+                random_state=self.seed_, stratify=stratify)
         else:
             idx_train, idx_val = np.arange(len(z)), None
         if not sample_weight[idx_train].sum() > 0:
