@@ -24,7 +24,7 @@ import tensorflow as tf
 from . import keyed_random
 from .leaves import Leaf
 from .product_sum import product_of, product_sum, to_log_values
-from .products import XLA_MIN_CELLS, Product, tracing_for_xla
+from .products import XLA_MIN_PIXELS, Product, tracing_for_xla
 from .scopes import ProductSpec, resolve
 from .sums import LOG_ZERO, SpatialSum, routed_sum
 
@@ -76,7 +76,7 @@ class DGCSPN(tf.Module):
     Attributes
     ----------
     fuse_products : bool
-        Run each large product (``products.XLA_MIN_CELLS``) and the sum after it as one
+        Run each large product (``products.XLA_MIN_PIXELS``) and the sum after it as one
         compiled op (``product_sum``; same results, faster). Default True; False runs
         them apart. Small layers always run apart: on 8 x 8 images the fused op's extra
         tracing and compilation cost more than it saves.
@@ -105,7 +105,8 @@ class DGCSPN(tf.Module):
         channels = leaf.n_components
         self.products, self.sums = [], []
         for i, rp in enumerate(self.report.products):
-            product = Product(rp, channels, rng=rng, name=f"product_{i}")
+            product = Product(rp, channels, rng=rng, name=f"product_{i}",
+                              n_pixels=int(np.prod(self.spatial_shape)))
             self.products.append(product)
             channels = product.out_channels
             if i < len(products) - 1:
@@ -157,9 +158,9 @@ class DGCSPN(tf.Module):
         """``x`` ``[B, H, W, n_colors]`` (NaN = missing) -> leaf log-probs ``[H, W, B, K]``."""
         # The transpose, the missing-value masks and the Normal density are a chain of
         # elementwise passes over [H, W, B, K], which XLA fuses into one: 29 -> 7 ms on the
-        # MNIST classifier's 32 components at batch 128. Small images (XLA_MIN_CELLS, as
+        # MNIST classifier's 32 components at batch 128. Small images (XLA_MIN_PIXELS, as
         # for the products) do not repay a compilation per input shape.
-        if (int(np.prod(self.spatial_shape)) >= XLA_MIN_CELLS
+        if (int(np.prod(self.spatial_shape)) >= XLA_MIN_PIXELS
                 and not tracing_for_xla()):
             return self._leaf_log_prob_fn(x)
         return self._leaf_log_prob(x)

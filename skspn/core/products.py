@@ -22,14 +22,29 @@ from .sums import _stable_max
 
 
 #: ``Product.scaled`` and ``Product.backward`` (and the hard routing after them,
-#: ``product_sum``) run compiled by XLA when the product has at least this many output
-#: cells. XLA fuses their slices, products, maxima, exponentials and argmaxes into few
-#: passes: on the MNIST inpainting net (841 to 3481 cells per layer, batch 64 / 128, CPU,
+#: ``product_sum``) run compiled by XLA in networks over images of at least
+#: ``XLA_MIN_PIXELS`` pixels, for products with at least ``XLA_MIN_CELLS`` output cells.
+#: XLA fuses their slices, products, maxima, exponentials and argmaxes into few passes: on
+#: the MNIST inpainting net (841 to 3481 cells per layer, batch 64 / 128, CPU,
 #: benchmarks/throughput.py) forward 362 / 476 -> 501 / 631 images/s, hard-EM step
-#: 179 / 160 -> 277 / 255, imputation 216 / 242 -> 297 / 385. Each new input shape costs a
-#: compilation, which small images (8 x 8 digits: at most ~200 cells per layer) do not
-#: repay; they also run the product and sum apart (``DGCSPN.fuse_products``).
-XLA_MIN_CELLS = 256
+#: 179 / 160 -> 277 / 255, imputation 216 / 242 -> 297 / 385; on the MNIST classifier's
+#: smaller layers (49 to 196 cells after two stride-2 products) compiling them from 48
+#: cells up instead of 256 gave imputation 1825-1974 -> 2227-2267 images/s at batch 64
+#: and 2162-2297 -> 2799-2874 at 128 (EPYC, A/B pairs in alternating processes), hard EM
+#: faster in most pairs, the forward pass within the noise (2269-3038 against 2349-3508
+#: at batch 64). Each new input shape costs a
+#: compilation, which networks over small images (8 x 8 digits: fits of a few seconds,
+#: most of the test suite) do not repay; they also run the product and sum apart
+#: (``DGCSPN.fuse_products``).
+XLA_MIN_PIXELS = 256
+XLA_MIN_CELLS = 48
+
+
+def compiles_layer(n_cells, n_pixels):
+    """Whether a layer of ``n_cells`` cells in a network over ``n_pixels`` pixels runs its
+    fused passes compiled by XLA (see ``XLA_MIN_PIXELS``)."""
+    return n_pixels >= XLA_MIN_PIXELS and n_cells >= XLA_MIN_CELLS
+
 
 # Set while a function that XLA compiles as a whole is traced (``traced_for_xla``). The
 # layers then leave their parts to that compilation: a compiled leaf function nested in an
@@ -74,9 +89,13 @@ class Product(tf.Module):
         Draws the random subset of channel combinations in one-hot mode.
     """
 
-    def __init__(self, resolved: ResolvedProduct, in_channels: int, rng=None, name=None):
+    def __init__(self, resolved: ResolvedProduct, in_channels: int, rng=None, name=None,
+                 n_pixels=None):
         super().__init__(name=name or resolved.spec.name)
         self.resolved = resolved
+        # Pixels of the network's image (the compilation rule, ``XLA_MIN_PIXELS``);
+        # default: this layer's input cells, as for a first layer.
+        self.n_pixels = int(np.prod(resolved.in_shape)) if n_pixels is None else n_pixels
         self.axes = resolved.axes
         self.out_shape = resolved.out_shape
         self.in_channels = int(in_channels)
@@ -103,7 +122,7 @@ class Product(tf.Module):
                 self.out_channels = int(cap)
         else:
             raise ValueError(f"unknown product mode {self.mode!r}")
-        # Compiled variants for large layers (XLA_MIN_CELLS).
+        # Compiled variants for large layers (compiles_layer).
         self._scaled_fn = tf.function(self._scaled_impl, jit_compile=True, autograph=False)
         self._scaled_linear_fn = tf.function(self._scaled_linear_impl, jit_compile=True,
                                              autograph=False)
@@ -214,8 +233,8 @@ class Product(tf.Module):
 
     @property
     def compile_large(self):
-        """Whether this layer's fused passes are worth compiling by XLA (``XLA_MIN_CELLS``)."""
-        return int(np.prod(self.out_shape)) >= XLA_MIN_CELLS
+        """Whether this layer's fused passes are worth compiling by XLA (``XLA_MIN_PIXELS``)."""
+        return compiles_layer(int(np.prod(self.out_shape)), self.n_pixels)
 
     def _scaled_impl(self, x):
         if self.mode == "depthwise" or self.channel_index is not None:
@@ -269,7 +288,8 @@ class Product(tf.Module):
         are taken in the same compiled pass as the product for large inputs, instead of
         one pass over the input of their own (the last product of the MNIST inpainting
         net: 59 x 59 input cells). No gradient of its own (``product_sum.product_of``)."""
-        if int(np.prod(self.resolved.in_shape)) >= XLA_MIN_CELLS and not tracing_for_xla():
+        if (compiles_layer(int(np.prod(self.resolved.in_shape)), self.n_pixels)
+                and not tracing_for_xla()):
             return self._forward_from_scaled_fn(s, m)
         return self._forward(tf.math.log(s) + m)
 
