@@ -160,10 +160,11 @@ def score_prediction(pred, true, mask):
 
 # --------------------------------------------------------------------------- standardisation
 def full_image_stats(X):
-    """Per-image mean and std over all pixels (same std floor as skspn's 'sample' mode)."""
+    """Per-image mean and std over all pixels (a std within the round-off of the mean
+    counts as none, as in skspn's 'sample' mode)."""
     mean = X.mean(axis=1, keepdims=True)
     std = X.std(axis=1, keepdims=True)
-    std = np.where(std > 1e-8 * (1 + np.abs(mean)), std, 1.0)
+    std = np.where(std > X.shape[1] * np.finfo(np.float64).eps * np.abs(mean), std, 1.0)
     return mean, std
 
 

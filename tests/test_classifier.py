@@ -235,8 +235,50 @@ def test_zero_weight_batches_and_bagging(digits):
     assert np.isfinite(clf.history_["loss"]).all()
     assert all(type(loss) is float for loss in clf.history_["loss"])
     BaggingClassifier(DGCSPNClassifier(**params), n_estimators=2, random_state=0).fit(X, y)
-    with pytest.raises(ValueError, match="non-zero"):
+    with pytest.raises(ValueError, match="non-zero"):  # scikit-learn's own check
         DGCSPNClassifier(**params).fit(X, y, sample_weight=np.zeros(len(y)))
+
+
+def test_zero_weight_after_the_hold_out_is_refused(digits, monkeypatch):
+    # Weights positive only in the early-stopping hold-out leave nothing to train on.
+    import skspn.estimators.classifier as classifier_module
+
+    X, y = digits[0][:100], digits[2][:100]
+    w = np.zeros(len(y))
+    w[:10] = 1.0
+    monkeypatch.setattr(classifier_module, "train_test_split",
+                        lambda idx, **kwargs: (idx[10:], idx[:10]))
+    clf = DGCSPNClassifier(max_epochs=1, early_stopping=True, sum_channels=4, n_components=4,
+                           random_state=0)
+    with pytest.raises(ValueError, match="0 for every training sample left after the "
+                                         "early-stopping hold-out"):
+        clf.fit(X, y, sample_weight=w)
+
+
+def test_core_step_with_zero_total_weight_stays_finite():
+    # The core divides by max(weight sum, 1e-30): zero gradients, not 0 / 0 = NaN.
+    from skspn.core import DGCSPN, NormalLeaf, plan_products
+    from skspn.core.learning import GradientLearner
+
+    products = plan_products((4, 4), depth="auto")
+    net = DGCSPN((4, 4), NormalLeaf(np.zeros((4, 4, 1, 2), np.float32)), products,
+                 [2] * (len(products) - 1), n_classes=2, seed=0)
+    learner = GradientLearner(net, "ce", 1e-2)
+    x = np.random.default_rng(0).normal(size=(4, 4, 4, 1)).astype(np.float32)
+    loss = learner.step(x, np.zeros(4, np.float32), np.array([1, 2], np.int64),
+                        np.zeros(4, np.int32))
+    assert np.isfinite(float(loss))
+    assert all(np.isfinite(v.numpy()).all() for v in net.trainable_variables)
+
+
+def test_partial_fit_validates_parameters_set_between_calls(digits):
+    X, y = digits[0][:100], digits[2][:100]
+    clf = DGCSPNClassifier(sum_channels=4, n_components=4, random_state=0)
+    clf.partial_fit(X, y, classes=np.arange(10))
+    for bad in (dict(learning_rate=-0.05), dict(product_dropout=1.0)):
+        with pytest.raises(ValueError, match="must be a float in the range|parameter"):
+            clone_of_fitted = pickle.loads(pickle.dumps(clf)).set_params(**bad)
+            clone_of_fitted.partial_fit(X, y)
 
 
 def test_score_samples_is_a_density_of_x_with_feature_standardisation(digits):

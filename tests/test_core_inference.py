@@ -949,7 +949,7 @@ def test_whole_step_xla_leaves_leaves_and_products_to_its_own_compilation(jit, m
 def test_which_layers_compile():
     """In networks over images of at least XLA_MIN_PIXELS pixels, layers of at least
     XLA_MIN_CELLS cells compile (the MNIST classifier's 7 x 7 to 14 x 14 layers after two
-    stride-2 products: 15-25 % faster forward and imputation than compiling from 256 cells
+    stride-2 products: imputation 15-30 % faster than compiling from 256 cells
     only); over small images (8 x 8 digits, most short fits) nothing does."""
     from skspn.core import products
 

@@ -496,12 +496,21 @@ def test_sample_standardisation_warns_on_columns_in_different_units(digits_split
     # data 'sample' completions came out hundreds of standard deviations off.
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 6)) * np.array([0.1, 1.0, 1.0, 2.0, 5.0, 500.0])
-    for estimator in (DGCSPNImputer(max_epochs=1, random_state=0),
-                      DGCSPNDensityEstimator(standardize="sample", max_epochs=1,
-                                             random_state=0)):
+    age = rng.normal(40, 10, 200)
+    age_income = np.c_[age, 1000 * age + rng.normal(0, 1000, 200)]  # 2 columns: a median
+    half_large = rng.normal(size=(200, 4)) * np.array([1.0, 1.0, 1e4, 1e4])  # missed these
+    for estimator, data in ((DGCSPNImputer(max_epochs=1, random_state=0), X),
+                            (DGCSPNDensityEstimator(standardize="sample", max_epochs=1,
+                                                    random_state=0), X),
+                            (DGCSPNImputer(max_epochs=1, random_state=0), age_income),
+                            (DGCSPNImputer(max_epochs=1, random_state=0), half_large)):
         with pytest.warns(UserWarning, match="use standardize='feature'") as record:
-            estimator.fit(X)
+            estimator.fit(data)
         assert record[0].filename == __file__  # points at the caller, not at skspn
+    # An ensemble warns once, not once per network.
+    with pytest.warns(UserWarning, match="use standardize='feature'") as record:
+        DGCSPNImputer(max_epochs=1, n_networks=2, random_state=0).fit(X)
+    assert len([w for w in record if "standardize='feature'" in str(w.message)]) == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         DGCSPNImputer(standardize="feature", max_epochs=1, random_state=0).fit(X)
@@ -522,3 +531,9 @@ def test_imputer_preserves_float32_and_warns_of_unobserved_features(digits_split
     with pytest.warns(UserWarning, match=r"2 of 64 features have no observed value in the "
                                          r"training data \(0, 5\)"):
         DGCSPNDensityEstimator(max_epochs=1, sum_channels=4, random_state=0).fit(X_train)
+    # An ensemble warns once, with the caller's column names (its networks see arrays).
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(X_train, columns=[f"px{i}" for i in range(64)])
+    with pytest.warns(UserWarning, match=r"\(px0, px5\)") as record:
+        DGCSPNImputer(max_epochs=1, sum_channels=4, n_networks=2, random_state=0).fit(frame)
+    assert len([w for w in record if "no observed value" in str(w.message)]) == 1

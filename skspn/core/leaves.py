@@ -82,7 +82,13 @@ def categorical_logits(images, n_components: int, n_categories: int) -> np.ndarr
         home = (np.arange(K) % n)[:, None] == np.arange(n)[None, :]  # [K, n]
     else:
         home = (np.arange(n)[None, :] * K) // n == np.arange(K)[:, None]
-    counts = np.stack([(x == c).sum(axis=0) for c in range(n)], axis=-1) + 1.0  # [H, W, C, n]
+    # Per-pixel counts of each code in one bincount ([H, W, C, n]; NaN ignored), not one
+    # pass over the data per category (256 passes took 12 s on MNIST).
+    by_pixel = x.reshape(len(x), -1).T  # [pixels, samples]
+    pixel, sample = np.nonzero(~np.isnan(by_pixel))
+    codes = by_pixel[pixel, sample].astype(np.int64)
+    counts = np.bincount(pixel * n + codes, minlength=by_pixel.shape[0] * n)
+    counts = counts.reshape(x.shape[1:] + (n,)) + 1.0
     inside = np.where(home, counts[..., None, :], 0.0)  # [H, W, C, K, n]
     inside = 0.9 * inside / inside.sum(axis=-1, keepdims=True)
     n_outside = n - home.sum(axis=-1, keepdims=True)  # [K, 1]

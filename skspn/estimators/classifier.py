@@ -80,10 +80,10 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         Continue from the previous fit's weights and optimiser state.
     jit_compile : bool, default=False
         Compile the training step and the queries with XLA. On the paper's MNIST
-        classifier the Adam step ran 1.1-1.4x faster on a CPU in the latest benchmark
-        (batch 64-512, ``benchmarks/README.md``), but compiling takes 6-10 s instead of
-        1-3 s: worth it for long fits, not for small ones. Not available under a ``tf.distribute``
-        strategy.
+        classifier the Adam step ran 1.1-1.6x faster on two CPUs (batch 64-512,
+        ``benchmarks/README.md``), but its first call took 7-9 s instead of 2-6 s on one
+        and 2.7-3.6 s instead of 0.8-2.0 s on the other: worth it for long fits, not for
+        small ones. Not available under a ``tf.distribute`` strategy.
 
     Attributes
     ----------
@@ -278,9 +278,10 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         -------
         self
         """
+        # Every call: a set_params between calls takes effect (learning rate, dropout).
+        self._validate_params()
         first = not hasattr(self, "network_weights_")
         if first:
-            self._validate_params()
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit")
         images = self._validate_input(X, reset=first)
@@ -390,6 +391,9 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         return math.ceil(self.validation_fraction * n)
 
     def _epoch(self, z, codes, weight):
+        from ..core.distribute import is_multi_worker
+
+        multi_worker = is_multi_worker(getattr(self, "_strategy", None))
         n, batch = len(z), self._training_batch(len(z))
         order = self._rng.permutation(n)
         total, start_time = 0.0, time.time()
@@ -397,11 +401,14 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         for i, (start, stop, _) in enumerate(self._padded_batches(n, batch)):
             idx = order[start:stop]
             seed = self._seed_pair(self._rng)
-            if not weight[idx].sum() > 0:  # nothing to learn (bootstrap weights of 0)
-                continue
-            loss = self._learner.step(self._pad(z[idx], batch), self._pad(weight[idx], batch, 0.0),
-                                      seed, self._pad(codes[idx], batch, 0))
-            total += float(loss) * weight[idx].sum()
+            # A batch of zero total weight (bootstrap weights of 0) has nothing to learn:
+            # no step, not even Adam's momentum. Across workers every worker must still
+            # join the step's all-reduce; there the core's step with zero gradients runs.
+            if weight[idx].sum() > 0 or multi_worker:
+                loss = self._learner.step(self._pad(z[idx], batch),
+                                          self._pad(weight[idx], batch, 0.0), seed,
+                                          self._pad(codes[idx], batch, 0))
+                total += float(loss) * weight[idx].sum()
             self._progress(i + 1, n_batches, start_time)
         self._check_finite_training(total / weight.sum(), "training loss")
         return float(total / weight.sum())

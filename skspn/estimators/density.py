@@ -126,7 +126,8 @@ class GenerativeDGCSPN(BaseDGCSPN):
 
     # ------------------------------------------------------------------ fitting
     def _initialise(self, images, online=False):
-        self._warn_unobserved_features(images)
+        if self._check_data:
+            self._warn_unobserved_features(images)
         self._optimizer_state = None  # a new fit starts a new optimiser
         self._rng = check_random_state(self.random_state)
         self._setup_distribution(images)
@@ -226,9 +227,8 @@ class GenerativeDGCSPN(BaseDGCSPN):
         -------
         self
         """
+        self._validate_params()  # every call: a set_params between calls takes effect
         first = not hasattr(self, "network_weights_")
-        if first:
-            self._validate_params()
         images = self._prepare(X, reset=first)
         if first:
             self._initialise(images, online=True)

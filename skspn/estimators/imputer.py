@@ -177,9 +177,9 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         -------
         self
         """
+        self._validate_params()  # every call: a set_params between calls takes effect
         first = not (hasattr(self, "network_weights_") or hasattr(self, "estimators_"))
         if first:
-            self._validate_params()
             self._forget_fit()
         elif (self.n_networks == 1) == hasattr(self, "estimators_"):
             raise ValueError(f"n_networks={self.n_networks} differs from the fitted number "
@@ -201,6 +201,9 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         if not first:  # the networks are clones made at fit: they do not see set_params
             self._check_architecture()
         if first:
+            self._warn_unobserved_features(images)
+            if self._standardize_mode() == "sample":
+                self._warn_if_mixed_units(images)
             self._remember_architecture()
             rng = check_random_state(self.random_state)
             # Each network is a clone given the validated images, so they all see the
@@ -209,6 +212,8 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
                 clone(self).set_params(n_networks=1, missing_values=np.nan,
                                        image_shape=self.image_shape_, random_state=int(seed))
                 for seed in rng.randint(0, 2**31 - 1, size=self.n_networks)]
+            for estimator in self.estimators_:
+                estimator._check_data = False  # checked above, once
         for i, estimator in enumerate(self.estimators_):
             if self.verbose:
                 print(f"[{type(self).__name__}] network {i + 1}/{len(self.estimators_)}",
