@@ -1,6 +1,6 @@
 """Classification benchmark: the paper's Table 2 DGC-SPN on MNIST and Fashion-MNIST.
 
-What it measures (project issue 4):
+What it measures:
 
 - test accuracy after every epoch (``warm_start=True``, ``max_epochs=1`` repeated) of the
   paper's discriminative architecture: 28x28, 32 Normal components per pixel, two 2x2
@@ -36,12 +36,12 @@ Modes
 
 Usage::
 
-    SKSPN_DATA=/work/shared/data python benchmarks/classification.py --quick --jobs 2
+    SKSPN_DATA=../shared/data python benchmarks/classification.py --quick --jobs 2
     SKSPN_DATA=/path/to/data python benchmarks/classification.py --full
 
 Options for a long CPU run of the main model only (e.g. issue 4's "50 % missing" target)::
 
-    SKSPN_DATA=/work/shared/data python benchmarks/classification.py --quick --datasets mnist \
+    SKSPN_DATA=../shared/data python benchmarks/classification.py --quick --datasets mnist \
         --main-only --n-train 60000 --n-test 5000 --input-dropout 0.5 --epochs 100 \
         --time-budget-min 110 --missing-every-epoch \
         --out benchmarks/results/classification_mnist_full_train
@@ -572,11 +572,15 @@ def _none_or_float(text):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--quick", action="store_true")
-    g.add_argument("--full", action="store_true")
-    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    g.add_argument("--quick", action="store_true", help="subsets and fewer epochs (see Modes)")
+    g.add_argument("--full", action="store_true", help="the paper's settings (see Modes)")
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS),
+                   type=lambda name: {"fashion": "fashion_mnist",  # inpainting.py's name
+                                      "fashion-mnist": "fashion_mnist"}.get(name, name),
+                   help="data from $SKSPN_DATA (default: all)")
     p.add_argument("--n-train", type=int, help="override the mode's training subset size")
     p.add_argument("--n-test", type=int, help="override the mode's test subset size")
     p.add_argument("--epochs", type=int, help="override the mode's epochs of the main runs")
@@ -623,7 +627,10 @@ def main(argv=None):
     if args.main_only:
         overrides["main_only"] = True
     acc_std = args.accumulator_std
-    os.environ.setdefault("SKSPN_DATA", "/work/shared/data")
+    # The data next to the checkout (../shared/data from the repository root) unless
+    # SKSPN_DATA says otherwise.
+    os.environ.setdefault("SKSPN_DATA", os.path.normpath(os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")))
     _quiet_tf()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     load_start = [round(x, 2) for x in os.getloadavg()]

@@ -48,7 +48,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Single-threaded BLAS: multi-threaded OpenBLAS made BayesianRidge (IterativeImputer) ~30x
 # slower on this shared 2-core machine. TensorFlow uses its own thread pool.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("SKSPN_DATA", "/work/shared/data")
+# The data next to the checkout (../shared/data from the repository root) unless
+# SKSPN_DATA says otherwise.
+os.environ.setdefault("SKSPN_DATA", os.path.normpath(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")))
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MASKS = ("bottom", "left")
@@ -626,10 +629,14 @@ def parse_args(argv=None):
                            "(25 for Olivetti), batch 128, tol 0.1")
     mode.add_argument("--ablation", action="store_true",
                       help="one-factor-at-a-time grid on quick-mode data")
-    p.add_argument("--datasets", default="mnist,fashion,olivetti")
-    p.add_argument("--ablation-datasets", default="mnist")
+    p.add_argument("--datasets", default="mnist,fashion,olivetti",
+                   help="comma-separated, of mnist, fashion (or fashion_mnist), olivetti "
+                        "(default: %(default)s); data from $SKSPN_DATA")
+    p.add_argument("--ablation-datasets", default="mnist",
+                   help="the same, for --ablation (default: %(default)s)")
     p.add_argument("--ablation-rows", default=None,
-                   help="comma-separated labels of ABLATION_GRID rows to run (default all)")
+                   help="comma-separated labels of ABLATION_GRID rows to run (default all): "
+                        + "; ".join(label for label, _ in ABLATION_GRID))
     p.add_argument("--no-base", action="store_true",
                    help="ablation: fit only the --ablation-rows, not the base row too")
     p.add_argument("--resume", action="store_true",
@@ -637,9 +644,10 @@ def parse_args(argv=None):
     p.add_argument("--n-train", type=int, default=None, help="override the train-set size")
     p.add_argument("--n-test", type=int, default=None, help="override the test-set size")
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="(default: %(default)s)")
     p.add_argument("--em-update", choices=("online", "epoch"), default="online",
-                   help="online = the paper's online hard EM (default)")
+                   help="EM update of the paper's set-ups: online = the paper's online hard "
+                        "EM (default here; the library's default is epoch)")
     p.add_argument("--n-networks", type=int, default=1,
                    help="also fit the tuned set-up with this many networks (n_networks), "
                         "their completions averaged (same as adding tuned:N to --setups; "
@@ -652,9 +660,11 @@ def parse_args(argv=None):
                    help="comma-separated architectures to fit (Olivetti: A, B~; default all)")
     p.add_argument("--iterative-max-iter", type=int, default=3)
     p.add_argument("--n-nearest-features", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--verbose", type=int, default=0)
-    p.add_argument("--tag", default="", help="suffix for the output file names")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the train / test subsets and the networks (default: 0)")
+    p.add_argument("--verbose", type=int, default=0, help="the estimators' verbose")
+    p.add_argument("--tag", default="", help="suffix for the output file names (results go "
+                                             "to benchmarks/results/inpainting_<mode><tag>.*)")
     p.add_argument("--markdown-only", action="store_true",
                    help="only rewrite the .md of the chosen mode from its existing .json")
     return p.parse_args(argv)
@@ -663,6 +673,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     t0 = time.time()
+    aliases = {"fashion_mnist": "fashion", "fashion-mnist": "fashion"}  # classification.py's
+    args.datasets, args.ablation_datasets = (
+        ",".join(aliases.get(name, name) for name in names.split(","))
+        for names in (args.datasets, args.ablation_datasets))
     for option, names in (("--datasets", args.datasets),
                           ("--ablation-datasets", args.ablation_datasets)):
         unknown = sorted(set(names.split(",")) - set(DATASETS))

@@ -258,7 +258,8 @@ def load_mnist(data_home=None, subset="train", return_X_y=False):
     -------
     dataset : sklearn.utils.Bunch
         With fields ``data`` (n, 784) uint8, ``images`` (n, 28, 28) uint8, ``target`` (n,)
-        uint8, ``image_shape`` ``(28, 28)``, ``subset`` and ``DESCR``.
+        uint8, ``image_shape`` ``(28, 28)``, ``subset`` and ``DESCR``. ``data`` and
+        ``images`` are views of the same pixels (an edit of one shows in the other).
     (data, target) : tuple of ndarray
         If ``return_X_y`` is True.
 
@@ -268,6 +269,14 @@ def load_mnist(data_home=None, subset="train", return_X_y=False):
         If a file is missing; the message gives the expected layout.
     ValueError
         If ``subset`` is invalid, a file fails its SHA-256 check, or is not a valid IDX file.
+
+    Examples
+    --------
+    uint8 pixels cannot hold NaN: hide pixels on a float copy.
+
+    >>> from skspn.datasets import load_mnist
+    >>> X = load_mnist(subset="test").data.astype(float)  # doctest: +SKIP
+    >>> X[:, 392:] = float("nan")  # bottom half missing  # doctest: +SKIP
     """
     return _load_idx_dataset("mnist", _MNIST_SHA256, data_home, subset, return_X_y,
                              "MNIST", _MNIST_DESCR)
@@ -290,7 +299,8 @@ def load_fashion_mnist(data_home=None, subset="train", return_X_y=False):
     -------
     dataset : sklearn.utils.Bunch
         With fields ``data`` (n, 784) uint8, ``images`` (n, 28, 28) uint8, ``target`` (n,)
-        uint8, ``image_shape`` ``(28, 28)``, ``subset`` and ``DESCR``.
+        uint8, ``image_shape`` ``(28, 28)``, ``subset`` and ``DESCR``; ``data`` and
+        ``images`` are views of the same pixels. Cast to float before setting NaN.
     (data, target) : tuple of ndarray
         If ``return_X_y`` is True.
 

@@ -266,7 +266,7 @@ def test_dataframe_input_and_pandas_output(digits):
 
 @pytest.mark.parametrize("est", _all_estimators(), ids=lambda e: type(e).__name__)
 @pytest.mark.parametrize("X, match", [
-    (np.array([[1.0, np.inf, 2.0, 3.0]] * 5), "infinity"),
+    (np.array([[1.0, np.inf, 2.0, 3.0]] * 5), "infinity.*; use NaN for missing values"),
     (np.array([["a", "b"], ["c", "d"]], dtype=object), "could not convert|numeric"),
     (np.zeros((0, 4)), "0 sample"),
     (np.full((5, 4), np.nan), "no observed"),

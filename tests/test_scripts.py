@@ -24,6 +24,8 @@ def test_demo_rejects_unknown_options():
 @pytest.mark.parametrize("args, message", [
     (["--quick", "--datasets", "mnist,bogus"], "unknown --datasets ['bogus']"),
     (["--ablation", "--ablation-datasets", "bogus"], "unknown --ablation-datasets"),
+    # classification.py's name for Fashion-MNIST is accepted too: only 'bogus' is unknown.
+    (["--quick", "--datasets", "fashion_mnist,bogus"], "unknown --datasets ['bogus']"),
     (["--quick", "--markdown-only"], "--markdown-only needs"),
 ])
 def test_inpainting_benchmark_checks_arguments_first(args, message):
@@ -33,6 +35,9 @@ def test_inpainting_benchmark_checks_arguments_first(args, message):
 
 @pytest.mark.parametrize("args, message", [
     (["--quick", "--accumulator-std", "foo"], "expected a float or 'none'"),
+    # inpainting.py's name for Fashion-MNIST is accepted (argparse stops at the first error).
+    (["--quick", "--datasets", "fashion", "--accumulator-std", "foo"],
+     "expected a float or 'none'"),
     (["--quick", "--markdown-only"], "--markdown-only needs"),
 ])
 def test_classification_benchmark_checks_arguments_first(args, message, tmp_path):

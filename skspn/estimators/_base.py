@@ -137,10 +137,14 @@ class BaseDGCSPN(BaseEstimator):
                                  f"got an array of shape {X.shape}")
             nd_shape = X.shape[1:]
             X = X.reshape(X.shape[0], -1)
-        X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32],
-                          ensure_all_finite="allow-nan", ensure_min_samples=1)
-        if np.isinf(X).any():
-            raise ValueError("X contains infinity; use NaN for missing values")
+        try:
+            X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32],
+                              ensure_all_finite="allow-nan", ensure_min_samples=1)
+        except ValueError as exc:
+            if "infinity" not in str(exc):
+                raise
+            # Say what to do: infinity is not a missing-value marker here, NaN is.
+            raise ValueError(f"{exc}; use NaN for missing values") from None
         with np.errstate(invalid="ignore"):
             too_large = np.abs(X) > np.finfo(np.float32).max
         if too_large.any():

@@ -93,7 +93,8 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
     feature_names_in_ : ndarray of str (DataFrame input only)
     history_ : dict of lists
         ``loss``, ``train_accuracy`` and ``validation_accuracy`` (None without early
-        stopping) per epoch.
+        stopping) per epoch. ``train_accuracy`` is measured on up to 500 training samples
+        drawn afresh each epoch (cheap), ``validation_accuracy`` on the whole hold-out.
     n_iter_ : int
     network_weights_ : list of ndarray
     feature_mean_, feature_scale_, typical_mean_, typical_scale_ :
