@@ -537,3 +537,26 @@ def test_imputer_preserves_float32_and_warns_of_unobserved_features(digits_split
     with pytest.warns(UserWarning, match=r"\(px0, px5\)") as record:
         DGCSPNImputer(max_epochs=1, sum_channels=4, n_networks=2, random_state=0).fit(frame)
     assert len([w for w in record if "no observed value" in str(w.message)]) == 1
+
+
+def test_imputer_bounds_the_imputed_values(digits_split):
+    # As IterativeImputer's min_value / max_value: per-image scaling can complete digits
+    # (0..16) with negative values; observed values are never changed.
+    X_train = digits_split[0][:300]
+    X = _bottom_half_missing(digits_split[1][:40])
+    free = DGCSPNImputer(max_epochs=1, sum_channels=4, random_state=0).fit(X_train)
+    X_obs = X.copy()
+    X_obs[:, 0] = -5.0  # an observed value outside the bounds stays as it is
+    unbounded = free.transform(X_obs)
+    assert unbounded[:, 32:].min() < 0 or unbounded[:, 32:].max() > 16  # else no test
+    for low, high in ((0.0, 16.0), (np.zeros(64), np.full(64, 16.0))):
+        out = free.set_params(min_value=low, max_value=high).transform(X_obs)
+        assert out[:, 32:].min() >= 0 and out[:, 32:].max() <= 16
+        assert np.array_equal(out[:, :32], X_obs[:, :32])
+        np.testing.assert_array_equal(out[:, 32:], np.clip(unbounded[:, 32:], 0, 16))
+    with pytest.raises(ValueError, match="min_value must not exceed max_value; for feature 3"):
+        bad = np.zeros(64)
+        bad[3] = 20.0
+        DGCSPNImputer(min_value=bad, max_value=16.0, max_epochs=1).fit(X_train)
+    with pytest.raises(ValueError, match=r"one value per feature \(64\), got shape \(3,\)"):
+        DGCSPNImputer(min_value=[0, 0, 0], max_epochs=1).fit(X_train)

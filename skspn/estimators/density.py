@@ -319,11 +319,15 @@ class GenerativeDGCSPN(BaseDGCSPN):
         # ``images`` holds the validated values in float64, not the network's float32
         # copy: observed entries come back bit for bit, whatever container X came in.
         rows = images.reshape(len(images), -1)
-        out = np.where(np.isnan(rows), completed.reshape(len(images), -1), rows)
+        out = np.where(np.isnan(rows), self._bounded(completed.reshape(len(images), -1)), rows)
         out = out.astype(out_dtype, copy=False)  # float32 X: observed entries stay exact
         if nd_shape is not None:
             out = out.reshape(nd_shape)
         return out
+
+    def _bounded(self, completed_rows):
+        """Completions ``(n, n_features)`` within the imputer's bounds (none here)."""
+        return completed_rows
 
     def _complete(self, images, method, rng):
         """Completions of validated ``images``; one seed drawn from ``rng`` keys the random

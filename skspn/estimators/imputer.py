@@ -49,6 +49,11 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         halves but worse on left halves. ``'sample'`` and None keep no fitted statistics,
         so a ``set_params`` after ``fit`` between them acts at the next query (None for
         images the caller standardised); ``'feature'`` needs a fit with ``'feature'``.
+    min_value, max_value : float or array-like of shape (n_features,), default=-inf / inf
+        Bounds of the imputed values, one for all features or one per feature, as in
+        ``IterativeImputer`` (e.g. 0 and 255 for 8-bit pixels: the completions of a
+        Normal-leaf model, with per-image scaling most of all, can leave the data's range).
+        Observed values are never changed; ``impute`` applies them too.
     n_networks : int, default=1
         Number of networks, fitted independently on all of ``X`` with different random
         states. Together they are the uniform mixture of their distributions:
@@ -106,10 +111,12 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         "missing_values": [numbers.Real, None],
         "completion": [StrOptions({"marginal", "mpe"})],
         "n_networks": [Interval(Integral, 1, None, closed="left")],
+        "min_value": [None, numbers.Real, "array-like"],
+        "max_value": [None, numbers.Real, "array-like"],
     }
 
     def __init__(self, *, missing_values=np.nan, completion="marginal", n_networks=1,
-                 image_shape=None,
+                 min_value=-np.inf, max_value=np.inf, image_shape=None,
                  depth="auto", sum_channels=16, n_components=4, leaf="normal", kernel_size=2,
                  first_product="one_hot", n_nonoverlapping=0, learning="hard_em_unweighted",
                  em_update="epoch", max_epochs=15, batch_size=128, learning_rate=1e-2, tol=0.1,
@@ -124,6 +131,8 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         self.missing_values = missing_values
         self.completion = completion
         self.n_networks = n_networks
+        self.min_value = min_value
+        self.max_value = max_value
 
     def _with_nan(self, X):
         """Replace ``missing_values`` by NaN (the core's marker of a missing entry)."""
@@ -324,6 +333,35 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         if X_imputed.ndim > 2 and _get_output_config("transform", self)["dense"] != "default":
             X_imputed = X_imputed.reshape(len(X_imputed), -1)
         return X_imputed
+
+    def _prepare(self, X, reset):
+        images = super()._prepare(X, reset)
+        if reset:
+            self._bounds()  # bad bounds fail before any training
+        return images
+
+    def _bounded(self, completed_rows):
+        low, high = self._bounds()
+        return np.clip(completed_rows, low, high)
+
+    def _bounds(self):
+        """``min_value`` / ``max_value`` as arrays of shape ``(n_features,)``."""
+        bounds = []
+        for name, default in (("min_value", -np.inf), ("max_value", np.inf)):
+            value = getattr(self, name)
+            value = np.asarray(default if value is None else value, dtype=np.float64)
+            if value.ndim == 0:
+                value = np.full(self.n_features_in_, float(value))
+            elif value.shape != (self.n_features_in_,):
+                raise ValueError(f"{name} must be a number or hold one value per feature "
+                                 f"({self.n_features_in_}), got shape {value.shape}")
+            bounds.append(value)
+        low, high = bounds
+        if np.any(low > high):
+            first = int(np.argmax(low > high))
+            raise ValueError(f"min_value must not exceed max_value; for feature {first} "
+                             f"they are {low[first]} and {high[first]}")
+        return low, high
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
