@@ -69,7 +69,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         values, as the paper), per-feature statistics of the training data, or none.
         ``'sample'`` suits images, whose pixels share one unit; for tabular data with
         columns in different units use ``'feature'`` (a fit with ``'sample'`` warns when
-        the features' standard deviations differ by more than 100 times).
+        a quarter of the features vary over 100 times less than the most varying one).
     leaf_scale : float, default=0.5
         Initial standard deviation of the Normal components (standardised units). Means
         start equidistant per pixel over the 1st-99th percentile of the standardised

@@ -440,11 +440,11 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
     standardize : {'feature', 'sample'} or None, default='feature'
         ``'feature'``: per-feature mean and standard deviation (scores stay densities of
         X); ``'sample'``: per-image (one mean and scale over all pixels and colour
-        channels), from each row's observed values, as the paper (a row
-        with none observed or only equal ones takes ``typical_mean_`` and
-        ``typical_scale_``); it suits images, whose pixels share one unit, and a fit
-        with it warns when the features' standard deviations differ by more than 100
-        times; ``None``: raw values. With ``partial_fit``, the statistics come from the first
+        channels), from each row's observed values, as the paper (a row with none
+        observed or only equal ones takes ``typical_mean_`` and ``typical_scale_``); it
+        suits images, whose pixels share one unit, and a fit with it warns when a
+        quarter of the features vary over 100 times less than the most varying one;
+        ``None``: raw values. With ``partial_fit``, the statistics come from the first
         batch and stay fixed, as do the leaf components (quantiles of that batch, fixed
         under EM): make the first batch large and representative.
     leaf_scale : float, default=1.0

@@ -40,7 +40,8 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         Per-image standardisation from the observed entries (as the paper), per-feature,
         or none. ``'sample'`` suits images, whose pixels share one unit; for tabular
         data with columns in different units use ``'feature'`` (a fit with ``'sample'``
-        warns when the features' standard deviations differ by more than 100 times).
+        warns when a quarter of the features vary over 100 times less than the most
+        varying one).
         When large regions are missing (half an image), ``'sample'`` estimates
         each image's statistics from the observed part alone, which scales it differently
         from the complete training images; ``'feature'`` scales it exactly as in training.
