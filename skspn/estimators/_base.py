@@ -16,7 +16,6 @@ import time
 import warnings
 from numbers import Integral, Real
 
-import joblib
 import numpy as np
 import sklearn
 from sklearn.base import BaseEstimator
@@ -45,8 +44,9 @@ def _caller_stacklevel():
     """``stacklevel`` of a warning raised here that points at the first frame outside
     skspn, scikit-learn and joblib (the user's call, however deep the estimator's own
     calls, or a grid search's)."""
+    modules = [sys.modules[__name__.split(".")[0]], sklearn, sys.modules.get("joblib")]
     inside = tuple(os.path.dirname(os.path.abspath(module.__file__)) + os.sep
-                   for module in (sys.modules[__name__.split(".")[0]], sklearn, joblib))
+                   for module in modules if module is not None)
     frame, level = sys._getframe(1), 1
     while frame.f_back is not None and frame.f_code.co_filename.startswith(inside):
         frame, level = frame.f_back, level + 1
