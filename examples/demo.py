@@ -54,8 +54,9 @@ def main():
     print(f"  ... of the top halves alone (bottom marginalised): {density.score(half):.1f}")
 
     t0 = time.time()
-    imputer = DGCSPNImputer(depth=4, leaf_scale=0.5, max_epochs=10,
-                            random_state=0).fit(X_train)
+    # Pixels are 0..16: bound the completions to that range (observed pixels are kept).
+    imputer = DGCSPNImputer(depth=4, leaf_scale=0.5, max_epochs=10, min_value=0,
+                            max_value=16, random_state=0).fit(X_train)
     hidden = np.isnan(half)
     results = {"DGCSPNImputer": imputer.transform(half),
                "SimpleImputer(mean)": SimpleImputer().fit(X_train).transform(half),
