@@ -527,6 +527,8 @@ def test_imputer_preserves_float32_and_warns_of_unobserved_features(digits_split
         assert np.array_equal(out[:, :32], X[:, :32].astype(np.float32))
         assert out.dtype == np.float32 and np.isfinite(out).all()
     assert imp.set_params(missing_values=np.nan).transform(X).dtype == np.float64
+    pd = pytest.importorskip("pandas")  # nullable Float32 columns too
+    assert imp.transform(pd.DataFrame(X).astype("Float32")).dtype == np.float32
     X_train[:, [0, 5]] = np.nan  # never observed: kept (a pixel), with a warning
     with pytest.warns(UserWarning, match=r"2 of 64 features have no observed value in the "
                                          r"training data \(0, 5\)"):

@@ -311,9 +311,10 @@ class GenerativeDGCSPN(BaseDGCSPN):
             raise ValueError(f"method must be 'marginal', 'mpe' or 'sample', got {method!r}")
         self._check_fitted()
         nd_shape = X.shape if isinstance(X, np.ndarray) and X.ndim > 2 else None
-        dtypes = set(np.asarray(X.dtypes)) if hasattr(X, "dtypes") else {
-            getattr(X, "dtype", None)}
-        out_dtype = np.float32 if dtypes == {np.dtype(np.float32)} else np.float64
+        # float32 in, float32 out, pandas' nullable Float32 columns included.
+        dtypes = ({str(d) for d in X.dtypes} if hasattr(X, "dtypes")
+                  else {str(getattr(X, "dtype", None))})
+        out_dtype = np.float32 if dtypes <= {"float32", "Float32"} else np.float64
         images = self._prepare(X, reset=False)
         completed = self._complete(images, method, check_random_state(random_state))
         # ``images`` holds the validated values in float64, not the network's float32
