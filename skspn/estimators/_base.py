@@ -197,10 +197,10 @@ class BaseDGCSPN(BaseEstimator):
         # switching to 'feature' after it would scale with them.
         self.__dict__.pop("feature_mean_", None)
         self.__dict__.pop("feature_scale_", None)
+        if self._check_data:
+            self._warn_about_data(images)
         # Kept for every setting: 'sample' has no other fitted state, so a set_params to it
         # after fit stays valid.
-        if self._standardize_mode() == "sample" and self._check_data:
-            self._warn_if_mixed_units(images)
         mean, std, usable = self._row_statistics(images)
         self.typical_mean_ = float(np.median(mean[usable])) if usable.any() else 0.0
         self.typical_scale_ = float(np.median(std[usable])) if usable.any() else 1.0
@@ -209,6 +209,11 @@ class BaseDGCSPN(BaseEstimator):
             mean, std, count = _observed_mean_std(images, axis=0)
             std = np.where(_has_spread(mean, std, count), std, 1.0)
             self.feature_mean_, self.feature_scale_ = mean, std
+
+    def _warn_about_data(self, images):
+        """Warnings about the training data, once per fit (see ``_check_data``)."""
+        if self._standardize_mode() == "sample":
+            self._warn_if_mixed_units(images)
 
     def _warn_if_mixed_units(self, images):
         """Warn when ``'sample'`` standardisation meets features in different units."""
@@ -372,11 +377,11 @@ class BaseDGCSPN(BaseEstimator):
 
     def _progress(self, done, total, start_time):
         """A one-line progress bar for long epochs (``verbose >= 1``)."""
+        if not self.verbose or total < 20:
+            return
         # Redrawn in place with \r: only on a terminal or in Jupyter (in a log file it
         # would be one long line).
-        interactive = sys.stdout.isatty() or type(sys.stdout).__module__.startswith(
-            "ipykernel")
-        if not self.verbose or total < 20 or not interactive:
+        if not (sys.stdout.isatty() or type(sys.stdout).__module__.startswith("ipykernel")):
             return
         width = 30
         filled = int(width * done / total)

@@ -422,10 +422,15 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
     def _predict_codes(self, z):
         return np.argmax(self._joint(z), axis=1)
 
-    def _joint_from_X(self, X):
+    def _standardised(self, X):
+        """Validated ``images`` of a query ``X``, standardised: ``(images, z, scale)``."""
         self._check_fitted()
         images = self._validate_input(X, reset=False)
-        z, _, _ = self._scale(images)
+        z, _, scale = self._scale(images)
+        return images, z, scale
+
+    def _joint_from_X(self, X):
+        _, z, _ = self._standardised(X)
         return self._joint(z).astype(np.float64)
 
     def predict_log_proba(self, X):
@@ -485,8 +490,6 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         -------
         log_prob : ndarray of shape (n_samples,)
         """
-        self._check_fitted()
-        images = self._validate_input(X, reset=False)
-        z, _, scale = self._scale(images)
+        images, z, scale = self._standardised(X)
         return (logsumexp(self._joint(z).astype(np.float64), axis=1)
                 + self._log_jacobian(images, scale))

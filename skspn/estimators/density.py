@@ -126,8 +126,6 @@ class GenerativeDGCSPN(BaseDGCSPN):
 
     # ------------------------------------------------------------------ fitting
     def _initialise(self, images, online=False):
-        if self._check_data:
-            self._warn_unobserved_features(images)
         self._optimizer_state = None  # a new fit starts a new optimiser
         self._rng = check_random_state(self.random_state)
         self._setup_distribution(images)
@@ -142,6 +140,10 @@ class GenerativeDGCSPN(BaseDGCSPN):
         self.history_ = []
         self.n_iter_ = 0
         self.converged_ = False
+
+    def _warn_about_data(self, images):
+        self._warn_unobserved_features(images)
+        super()._warn_about_data(images)
 
     def _warn_unobserved_features(self, images):
         """Features never observed in training: kept (they are pixels of the image, which

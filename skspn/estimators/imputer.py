@@ -211,9 +211,7 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         if not first:  # the networks are clones made at fit: they do not see set_params
             self._check_architecture()
         if first:
-            self._warn_unobserved_features(images)
-            if self._standardize_mode() == "sample":
-                self._warn_if_mixed_units(images)
+            self._warn_about_data(images)
             self._remember_architecture()
             rng = check_random_state(self.random_state)
             # Each network is a clone given the validated images, so they all see the
