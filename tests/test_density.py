@@ -562,3 +562,55 @@ def test_imputer_bounds_the_imputed_values(digits_split):
         DGCSPNImputer(min_value=bad, max_value=16.0, max_epochs=1).fit(X_train)
     with pytest.raises(ValueError, match=r"one value per feature \(64\), got shape \(3,\)"):
         DGCSPNImputer(min_value=[0, 0, 0], max_epochs=1).fit(X_train)
+
+
+def test_imputer_add_indicator(digits_split):
+    # As sklearn.impute's add_indicator: one 0/1 column per feature missing in training,
+    # after the imputed features; inverse_transform puts the placeholder back.
+    from sklearn.impute import MissingIndicator
+
+    pd = pytest.importorskip("pandas")
+    X_train = digits_split[0][:200].copy()
+    X_train[:50, 60:] = np.nan  # features 60..63 missing in training
+    X = digits_split[1][:20].copy()
+    X[:, 62:] = np.nan
+    X[:5, 10] = np.nan  # missing only at transform time: imputed, no indicator column
+    imp = DGCSPNImputer(max_epochs=1, sum_channels=4, random_state=0, add_indicator=True)
+    out = imp.fit(X_train).transform(X)
+    assert out.shape == (20, 64 + 4)
+    expected = MissingIndicator(error_on_new=False).fit(X_train).transform(X)
+    np.testing.assert_array_equal(out[:, 64:], expected.astype(float))
+    plain = imp.set_params(add_indicator=False).transform(X)
+    np.testing.assert_array_equal(out[:, :64], plain)
+    imp.set_params(add_indicator=True)
+    # Image arrays give the 2-D output too; the output round-trips through the inverse.
+    np.testing.assert_array_equal(imp.transform(X.reshape(-1, 8, 8)), out)
+    back = imp.inverse_transform(out)
+    np.testing.assert_array_equal(np.isnan(back[:, 60:]), np.isnan(X[:, 60:]))
+    np.testing.assert_array_equal(back[:, 10], out[:, 10])  # no indicator for feature 10
+    # Column names and pandas output.
+    names = [f"px{i}" for i in range(64)]
+    frame = pd.DataFrame(X_train, columns=names)
+    imp.set_output(transform="pandas").fit(frame)
+    assert list(imp.get_feature_names_out())[-4:] == [
+        f"missingindicator_px{i}" for i in range(60, 64)]
+    result = imp.transform(pd.DataFrame(X, columns=names))
+    assert list(result.columns) == list(imp.get_feature_names_out())
+    # A placeholder other than NaN marks the indicator's entries as well.
+    placeholder = DGCSPNImputer(max_epochs=1, sum_channels=4, random_state=0,
+                                missing_values=-1, add_indicator=True)
+    coded = placeholder.fit(np.nan_to_num(X_train, nan=-1)).transform(np.nan_to_num(X, nan=-1))
+    np.testing.assert_array_equal(coded[:, 64:], expected.astype(float))
+    assert (placeholder.inverse_transform(coded)[:, 62:] == -1).all()
+    # partial_fit: the features missing in any batch.
+    online = DGCSPNImputer(max_epochs=1, sum_channels=4, random_state=0, add_indicator=True)
+    online.partial_fit(X_train[100:]).partial_fit(X_train[:100])
+    np.testing.assert_array_equal(online.indicator_.features_, [60, 61, 62, 63])
+    # Misuse gets clear errors.
+    with pytest.raises(ValueError, match="add_indicator=True"):
+        DGCSPNImputer(max_epochs=1, sum_channels=4).fit(X_train).inverse_transform(out)
+    late = DGCSPNImputer(max_epochs=1, sum_channels=4, random_state=0).fit(X_train)
+    with pytest.raises(ValueError, match="set after fit"):
+        late.set_params(add_indicator=True).transform(X)
+    with pytest.raises(ValueError, match="64 \\+ 4 indicator features"):
+        imp.inverse_transform(out[:, :66])

@@ -9,7 +9,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import logsumexp, softmax
 from sklearn.base import OneToOneFeatureMixin, TransformerMixin, _fit_context, clone
-from sklearn.utils import check_random_state
+from sklearn.impute import MissingIndicator
+from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils._set_output import _get_output_config
 
@@ -55,6 +56,12 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         ``IterativeImputer`` (e.g. 0 and 255 for 8-bit pixels: the completions of a
         Normal-leaf model, with per-image scaling most of all, can leave the data's range).
         Observed values are never changed; ``impute`` applies them too.
+    add_indicator : bool, default=False
+        Append to the output of ``transform`` one 0/1 column per feature that had missing
+        entries in training (``MissingIndicator``'s ``features='missing-only'``), as
+        scikit-learn's imputers do; a feature missing only at transform time gets none.
+        The output is then 2-D, ``(n_samples, n_features + n_indicator_features)``, image
+        arrays included, and ``inverse_transform`` puts ``missing_values`` back.
     n_networks : int, default=1
         Number of networks, fitted independently on all of ``X`` with different random
         states. Together they are the uniform mixture of their distributions:
@@ -89,6 +96,9 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         Whether training stopped by ``tol`` (for every network).
     estimators_ : list of DGCSPNImputer
         With ``n_networks > 1``: the fitted single-network imputers.
+    indicator_ : MissingIndicator or None
+        With ``add_indicator=True``, the indicator of the features missing in training
+        (``indicator_.features_``; over all ``partial_fit`` calls), else None.
 
     Notes
     -----
@@ -114,10 +124,11 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         "n_networks": [Interval(Integral, 1, None, closed="left")],
         "min_value": [None, numbers.Real, "array-like"],
         "max_value": [None, numbers.Real, "array-like"],
+        "add_indicator": ["boolean"],
     }
 
     def __init__(self, *, missing_values=np.nan, completion="marginal", n_networks=1,
-                 min_value=-np.inf, max_value=np.inf, image_shape=None,
+                 min_value=-np.inf, max_value=np.inf, add_indicator=False, image_shape=None,
                  depth="auto", sum_channels=16, n_components=4, leaf="normal", kernel_size=2,
                  first_product="one_hot", n_nonoverlapping=0, learning="hard_em_unweighted",
                  em_update="epoch", max_epochs=15, batch_size=128, learning_rate=1e-2, tol=0.1,
@@ -134,6 +145,7 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         self.n_networks = n_networks
         self.min_value = min_value
         self.max_value = max_value
+        self.add_indicator = add_indicator
 
     def _with_nan(self, X):
         """Replace ``missing_values`` by NaN (the core's marker of a missing entry)."""
@@ -171,9 +183,13 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         self
         """
         self._forget_fit()
+        X = self._with_nan(X)
         if self.n_networks == 1:
-            return GenerativeDGCSPN.fit.__wrapped__(self, self._with_nan(X))
-        return self._fit_networks(self._with_nan(X), partial=False)
+            GenerativeDGCSPN.fit.__wrapped__(self, X)
+        else:
+            self._fit_networks(X, partial=False)
+        self._fit_indicator(X, first=True)
+        return self
 
     def partial_fit(self, X, y=None):
         """One online EM pass over the batch ``X`` (initialising on the first call).
@@ -194,9 +210,42 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         elif (self.n_networks == 1) == hasattr(self, "estimators_"):
             raise ValueError(f"n_networks={self.n_networks} differs from the fitted number "
                              f"of networks; call fit to start over")
+        X = self._with_nan(X)
         if self.n_networks == 1:
-            return GenerativeDGCSPN.partial_fit(self, self._with_nan(X))
-        return self._fit_networks(self._with_nan(X), partial=True, first=first)
+            GenerativeDGCSPN.partial_fit(self, X)
+        else:
+            self._fit_networks(X, partial=True, first=first)
+        self._fit_indicator(X, first=first)
+        return self
+
+    @staticmethod
+    def _missing_mask(X):
+        """``(n_samples, n_features)`` NaN mask of already validated input ``X`` (with
+        ``missing_values`` replaced by NaN)."""
+        if hasattr(X, "isna"):
+            return X.isna().to_numpy().reshape(len(X), -1)
+        X = np.asarray(X, dtype=np.float64)
+        return np.isnan(X.reshape(len(X), -1))
+
+    def _fit_indicator(self, X, first):
+        """``indicator_``: the features missing in ``X`` (and in the earlier
+        ``partial_fit`` batches), or None without ``add_indicator``."""
+        if not self.add_indicator:
+            self.indicator_ = None
+            return
+        missing = self._missing_mask(X).any(axis=0)
+        if not first and getattr(self, "indicator_", None) is not None:
+            missing[self.indicator_.features_] = True
+        # Fitted on one row holding NaN where a feature was ever missing, so that
+        # features_ is the union over partial_fit calls; the mask itself is taken here.
+        self.indicator_ = MissingIndicator(error_on_new=False).fit(
+            np.where(missing, np.nan, 0.0)[None, :])
+
+    def _indicator_features(self):
+        if getattr(self, "indicator_", None) is None:
+            raise ValueError("add_indicator=True was set after fit; fit the imputer again "
+                             "to learn which features get an indicator")
+        return self.indicator_.features_
 
     def _forget_fit(self):
         """Drop the state of an earlier fit (it may have had another ``n_networks``)."""
@@ -217,7 +266,7 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
             # Each network is a clone given the validated images, so they all see the
             # same image shape (and need no missing_values placeholder).
             self.estimators_ = [
-                clone(self).set_params(n_networks=1, missing_values=np.nan,
+                clone(self).set_params(n_networks=1, missing_values=np.nan, add_indicator=False,
                                        image_shape=self.image_shape_, random_state=int(seed))
                 for seed in rng.randint(0, 2**31 - 1, size=self.n_networks)]
             for estimator in self.estimators_:
@@ -326,12 +375,65 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         X_imputed : ndarray of the same shape as ``X``, float32 for float32 input
             Image arrays come back as images, except when ``set_output`` asks for a
             DataFrame: then ``(n_samples, n_features)``, columns as
-            ``get_feature_names_out()``.
+            ``get_feature_names_out()``. With ``add_indicator``: ``(n_samples, n_features
+            + n_indicator_features)``, the indicator columns 0 / 1.
         """
-        X_imputed = self.impute(self._with_nan(X), method=self.completion, random_state=0)
+        X = self._with_nan(X)
+        X_imputed = self.impute(X, method=self.completion, random_state=0)
+        if self.add_indicator:
+            features = self._indicator_features()
+            indicator = self._missing_mask(X)[:, features].astype(X_imputed.dtype)
+            return np.hstack([X_imputed.reshape(len(X_imputed), -1), indicator])
         if X_imputed.ndim > 2 and _get_output_config("transform", self)["dense"] != "default":
             X_imputed = X_imputed.reshape(len(X_imputed), -1)
         return X_imputed
+
+    def inverse_transform(self, X):
+        """Put ``missing_values`` back where the indicator columns of ``transform``'s
+        output say an entry was missing (needs ``add_indicator=True``); features without an
+        indicator column keep their values.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features + n_indicator_features)
+
+        Returns
+        -------
+        X_original : ndarray of shape (n_samples, n_features)
+        """
+        self._check_fitted()
+        if not self.add_indicator:
+            raise ValueError("inverse_transform needs the indicator columns: fit with "
+                             "add_indicator=True")
+        features = self._indicator_features()
+        X = check_array(X, dtype=[np.float64, np.float32], ensure_all_finite="allow-nan")
+        n_features = self.n_features_in_
+        if X.shape[1] != n_features + len(features):
+            raise ValueError(f"X has {X.shape[1]} features, but transform's output has "
+                             f"{n_features} + {len(features)} indicator features")
+        X_original = X[:, :n_features].copy()
+        missing = X[:, n_features:] != 0
+        fill = np.nan if self.missing_values is None else self.missing_values
+        X_original[:, features] = np.where(missing, fill, X_original[:, features])
+        return X_original
+
+    def get_feature_names_out(self, input_features=None):
+        """Output feature names: the input features, then with ``add_indicator`` one
+        ``missingindicator_<name>`` per indicator column.
+
+        Parameters
+        ----------
+        input_features : array-like of str or None
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+        """
+        names = super().get_feature_names_out(input_features)
+        if not self.add_indicator:
+            return names
+        self._indicator_features()
+        return np.concatenate([names, self.indicator_.get_feature_names_out(names)])
 
     def _prepare(self, X, reset):
         images = super()._prepare(X, reset)
