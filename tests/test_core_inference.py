@@ -398,6 +398,63 @@ def test_mpe_attains_brute_force_max_product(name):
         assert np.array_equal(mpe[b][~obs[b]], np.argmax(sel[b], axis=-1)[~obs[b]])
 
 
+@pytest.mark.parametrize("name", MPE_CASES)
+def test_mpe_maximises_hidden_entries_of_soft_leaves(name):
+    # Leaves that are not 0/1 indicators: a hidden entry's best value under a component is
+    # its mode (probability max(p, 1 - p)), not 1 as when it is summed out. Routing on
+    # summed-out leaves picked a tree of lower max-product value (the completion came out
+    # worse under both the max-product and the joint in a review's examples).
+    net = build(name, seed=15, k=2, indicator=False)
+    rng = np.random.default_rng(16)
+    leaf_logits = rng.normal(scale=2.0, size=net.leaf.logits.shape)
+    net.leaf.logits.assign(leaf_logits.astype(np.float32))
+    shape = net.spatial_shape
+    rows = np.concatenate([np.full((1,) + shape, np.nan),
+                           random_evidence(shape, 6, rng)])
+    x = to_tf(rows)
+    signal, value_max = net.leaf_signal(x, "max", tf.constant([3, 4], tf.int64))
+    mpe = net.complete(x, "mpe", tf.constant([3, 4], tf.int64)).numpy()[..., 0]
+    value_mpe = tf_max(net, mpe)
+    for b, row in enumerate(rows):
+        vals = tf_max(net, completions(row))
+        # The routed value is the max-product maximum, attained by the completion.
+        assert abs(value_max.numpy()[b] - vals.max()) < 1e-4, (b, value_max[b], vals.max())
+        assert abs(value_mpe[b] - vals.max()) < 1e-4, (b, value_mpe[b], vals.max())
+
+
+def test_mpe_of_categorical_leaves_attains_the_max_product():
+    rng = np.random.default_rng(31)
+    shape = (1, 3)
+    grid = np.array(list(itertools.product(range(3), repeat=3)), np.float64).reshape(-1, *shape)
+    rows = np.array([[[np.nan, np.nan, np.nan]], [[1.0, np.nan, np.nan]],
+                     [[np.nan, 2.0, np.nan]], [[np.nan, 0.0, 1.0]], [[2.0, np.nan, 0.0]]])
+    for _ in range(4):
+        net = DGCSPN(shape, CategoricalLeaf(rng.normal(scale=2.0, size=shape + (1, 2, 3))),
+                     plan(shape), [2])
+        randomize_weights(net, rng)
+        mpe = net.complete(to_tf(rows), "mpe").numpy()[..., 0]
+        for b, row in enumerate(rows):
+            fits = np.all((grid == row) | np.isnan(row), axis=(1, 2))
+            best = tf_max(net, grid[fits]).max()
+            assert abs(tf_max(net, mpe[b:b + 1])[0] - best) < 1e-4, (b, mpe[b])
+
+
+def test_mpe_of_normal_leaves_of_different_scales_attains_the_max_product():
+    # A narrow component's mode is worth more than a wide one's.
+    rng = np.random.default_rng(32)
+    values = np.linspace(-4, 4, 8001)
+    for _ in range(6):
+        loc = rng.normal(size=(1, 2, 1, 2))
+        scale = np.exp(rng.uniform(np.log(0.05), np.log(2.0), size=(1, 2, 1, 2)))
+        net = DGCSPN((1, 2), NormalLeaf(loc, scale), plan((1, 2)), [])
+        randomize_weights(net, rng)
+        observed = float(rng.normal())
+        completed = net.complete(to_tf(np.array([[[np.nan, observed]]])), "mpe").numpy()
+        grid_normal = np.stack([values, np.full_like(values, observed)], -1).reshape(-1, 1, 2)
+        best = tf_max(net, grid_normal).max()
+        assert tf_max(net, completed[..., 0])[0] > best - 1e-4, (completed, best)
+
+
 @pytest.mark.parametrize("name", MPE_CASES + ["3x3-counts"])
 def test_max_product_never_exceeds_likelihood(name):
     for indicator in (True, False):

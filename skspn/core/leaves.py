@@ -116,16 +116,24 @@ class Leaf(tf.Module):
     n_components: int
     discrete: bool = False
 
-    def log_prob(self, x: tf.Tensor) -> tf.Tensor:
+    def log_prob(self, x: tf.Tensor, hidden: str = "marginal") -> tf.Tensor:
         """Per-component log-probabilities of ``x`` ``[H, W, B, n_colors]`` -> ``[H, W, B, K]``.
 
-        NaN entries are marginalised (log-prob 0).
+        NaN entries are marginalised (log-prob 0), or with ``hidden='max'`` maximised: each
+        component's largest log-density (``max_log_prob``), the leaves of the max-product
+        network that the MPE completion routes on.
         """
         missing = tf.math.is_nan(x)
         x_filled = tf.where(missing, tf.zeros_like(x), x)
         lp = self.component_log_prob(x_filled)  # [H, W, B, n_colors, K]
-        lp = tf.where(missing[..., None], tf.zeros_like(lp), lp)
+        at_hidden = (tf.zeros_like(lp) if hidden == "marginal"
+                     else tf.broadcast_to(self.max_log_prob(), tf.shape(lp)))
+        lp = tf.where(missing[..., None], at_hidden, lp)
         return tf.reduce_sum(lp, axis=-2)
+
+    def max_log_prob(self) -> tf.Tensor:
+        """Each component's largest log-density, at its mode: ``[H, W, 1, n_colors, K]``."""
+        raise NotImplementedError
 
     def expected_value(self, posterior: tf.Tensor) -> tf.Tensor:
         """Posterior-marginal completion: ``[H, W, B, K]`` posteriors -> ``[H, W, B, n_colors]``."""
@@ -180,6 +188,9 @@ class NormalLeaf(Leaf):
         z = (x[..., None] - self.loc) / scale
         return -0.5 * tf.square(z) - tf.math.log(scale) - _HALF_LOG_2PI
 
+    def max_log_prob(self):
+        return -tf.math.log(self.scale) - _HALF_LOG_2PI
+
     def expected_value(self, posterior):
         return tf.einsum("hwbk,hwck->hwbc", posterior, self.loc[:, :, 0])
 
@@ -208,6 +219,9 @@ class BernoulliLeaf(Leaf):
     def component_log_prob(self, x):
         x = x[..., None]
         return x * tf.math.log_sigmoid(self.logits) + (1.0 - x) * tf.math.log_sigmoid(-self.logits)
+
+    def max_log_prob(self):
+        return tf.math.log_sigmoid(tf.abs(self.logits))
 
     def _p_one(self, posterior):
         return tf.einsum("hwbk,hwck->hwbc", posterior, tf.sigmoid(self.logits[:, :, 0]))
@@ -241,6 +255,9 @@ class CategoricalLeaf(Leaf):
         log_p = tf.nn.log_softmax(self.logits, axis=-1)  # [H, W, 1, C, K, n]
         onehot = tf.one_hot(tf.cast(x, tf.int32), self.n_categories)  # [H, W, B, C, n]
         return tf.einsum("hwbcn,hwcKn->hwbcK", onehot, log_p[:, :, 0])
+
+    def max_log_prob(self):
+        return tf.reduce_max(tf.nn.log_softmax(self.logits, axis=-1), axis=-1)
 
     def _predictive(self, posterior):
         p = tf.nn.softmax(self.logits[:, :, 0], axis=-1)  # [H, W, C, K, n]

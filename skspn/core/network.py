@@ -124,7 +124,7 @@ class DGCSPN(tf.Module):
             self.class_prior = SpatialSum(1, n_classes, 1, log_space=log_space,
                                           init=np.zeros((1, n_classes, 1)), name="class_prior")
         self._leaf_log_prob_fn = tf.function(self._leaf_log_prob, jit_compile=True,
-                                             autograph=False)
+                                             autograph=False)  # traced per ``hidden``
 
     # ------------------------------------------------------------------ structure
     @property
@@ -154,19 +154,20 @@ class DGCSPN(tf.Module):
         return "\n".join(rows)
 
     # ------------------------------------------------------------------ forward
-    def leaf_log_prob(self, x):
-        """``x`` ``[B, H, W, n_colors]`` (NaN = missing) -> leaf log-probs ``[H, W, B, K]``."""
+    def leaf_log_prob(self, x, hidden="marginal"):
+        """``x`` ``[B, H, W, n_colors]`` (NaN = missing) -> leaf log-probs ``[H, W, B, K]``;
+        missing entries marginalised, or maximised with ``hidden='max'`` (``Leaf.log_prob``)."""
         # The transpose, the missing-value masks and the Normal density are a chain of
         # elementwise passes over [H, W, B, K], which XLA fuses into one: 29 -> 7 ms on the
         # MNIST classifier's 32 components at batch 128. Small images (XLA_MIN_PIXELS, as
         # for the products) do not repay a compilation per input shape.
         if (int(np.prod(self.spatial_shape)) >= XLA_MIN_PIXELS
                 and not tracing_for_xla()):
-            return self._leaf_log_prob_fn(x)
-        return self._leaf_log_prob(x)
+            return self._leaf_log_prob_fn(x, hidden)
+        return self._leaf_log_prob(x, hidden)
 
-    def _leaf_log_prob(self, x):
-        return self.leaf.log_prob(tf.transpose(x, [1, 2, 0, 3]))
+    def _leaf_log_prob(self, x, hidden="marginal"):
+        return self.leaf.log_prob(tf.transpose(x, [1, 2, 0, 3]), hidden)
 
     def forward_from_leaves(self, leaf_lp, log_weights=None, routing="gradient", seed=None,
                             product_dropout=0.0, input_dropout=0.0, sample_index=None,
@@ -281,9 +282,11 @@ class DGCSPN(tf.Module):
         """Backward signal at the leaves ``[H, W, B, K]`` and ``log p(x)`` ``[B]``.
 
         ``soft``: the posterior of every component given the evidence. ``max``: the MPE
-        selection. ``sample``: a sampled selection (conditional on the evidence).
+        selection, with ``log p(x)`` the max-product value (missing entries maximised, not
+        summed out: the MPE is the best joint assignment of the latent choices and the
+        missing entries). ``sample``: a sampled selection (conditional on the evidence).
         """
-        leaf_lp = self.leaf_log_prob(x)
+        leaf_lp = self.leaf_log_prob(x, "max" if routing == "max" else "marginal")
         with tf.GradientTape() as tape:
             tape.watch(leaf_lp)
             _, root = self.forward_from_leaves(leaf_lp, None, routing, seed,
