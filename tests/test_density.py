@@ -614,3 +614,38 @@ def test_imputer_add_indicator(digits_split):
         late.set_params(add_indicator=True).transform(X)
     with pytest.raises(ValueError, match="64 \\+ 4 indicator features"):
         imp.inverse_transform(out[:, :66])
+
+
+@pytest.mark.parametrize("leaf, n_values", [("bernoulli", 2), ("categorical", 3)])
+def test_imputer_ensemble_of_discrete_networks_completes_with_valid_codes(leaf, n_values):
+    # The networks' completions cannot be averaged as numbers (a review got 0.333 for
+    # Bernoulli pixels): each entry gets the most probable value of the average of the
+    # networks' posterior marginals, computed here by enumeration with each network.
+    rng = np.random.default_rng(5)
+    X = rng.integers(0, n_values, size=(300, 6)).astype(float)
+    X[:, 3] = (X[:, 0] + X[:, 1]) % n_values  # some structure to learn
+    imp = DGCSPNImputer(image_shape=(2, 3), leaf=leaf, n_components=2, sum_channels=3,
+                        n_networks=3, standardize=None, learning="gradient", max_epochs=3,
+                        random_state=0).fit(X)
+    states = np.array(list(itertools.product(range(n_values), repeat=6)), float)
+    queries = np.array([[0, 1, np.nan, np.nan, 1, np.nan],
+                        [np.nan, np.nan, 1, 0, np.nan, 1],
+                        [np.nan] * 6,
+                        [1, np.nan, 0, np.nan, np.nan, 0]])
+    completed = imp.transform(queries)
+    assert set(np.unique(completed)) <= set(range(n_values))
+    for row, out in zip(queries, completed):
+        fits = np.all((states == row) | np.isnan(row), axis=1)
+        candidates = states[fits]
+        marginals = np.zeros((6, n_values))
+        for network in imp.estimators_:
+            weights = np.exp(network.score_samples(candidates))
+            weights /= weights.sum()
+            for j in range(6):
+                marginals[j] += np.bincount(candidates[:, j].astype(int), weights,
+                                            minlength=n_values) / len(imp.estimators_)
+        hidden = np.isnan(row)
+        # Ties (none expected with trained weights) would make the argmax ambiguous.
+        top2 = np.sort(marginals[hidden], axis=1)[:, -2:]
+        assert np.all(top2[:, 1] - top2[:, 0] > 1e-4)
+        np.testing.assert_array_equal(out[hidden], np.argmax(marginals[hidden], axis=1))

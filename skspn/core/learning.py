@@ -272,6 +272,8 @@ class CompiledOps:
             for m in ("marginal", "mpe", "sample")}
         self.leaf_posterior = _compiled(lambda x: network.leaf_signal(x, "soft")[0], [img],
                                         jit_compile)
+        if network.leaf.discrete:
+            self.predictive = _compiled(network.predictive, [img], jit_compile)
 
     def complete(self, x, method="marginal", seed=None, first_index=0):
         """``network.complete`` on batch ``x`` whose rows are samples ``first_index, ...``

@@ -143,6 +143,11 @@ class Leaf(tf.Module):
         """Value of the selected component's mode; ``selection`` is one-hot ``[H, W, B, K]``."""
         raise NotImplementedError
 
+    def predictive(self, posterior: tf.Tensor) -> tf.Tensor:
+        """Discrete leaves: each entry's posterior marginal over its values,
+        ``[H, W, B, K]`` posteriors -> ``[H, W, B, n_colors, n_values]``."""
+        raise NotImplementedError(f"{type(self).__name__} is not discrete")
+
     def sample(self, selection: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
         """A draw from the selected component; ``selection`` is one-hot ``[H, W, B, K]``.
 
@@ -230,6 +235,10 @@ class BernoulliLeaf(Leaf):
         # Marginal MAP per variable: the more probable value under the posterior mixture.
         return tf.cast(self._p_one(posterior) > 0.5, tf.float32)
 
+    def predictive(self, posterior):
+        p_one = self._p_one(posterior)
+        return tf.stack([1.0 - p_one, p_one], axis=-1)
+
     def mode(self, selection):
         return self.expected_value(selection)
 
@@ -265,6 +274,9 @@ class CategoricalLeaf(Leaf):
 
     def expected_value(self, posterior):
         return tf.cast(tf.argmax(self._predictive(posterior), axis=-1), tf.float32)
+
+    def predictive(self, posterior):
+        return self._predictive(posterior)
 
     def mode(self, selection):
         return self.expected_value(selection)

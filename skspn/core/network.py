@@ -318,6 +318,13 @@ class DGCSPN(tf.Module):
         values = tf.transpose(values, [2, 0, 1, 3])
         return tf.where(tf.math.is_nan(x), values, x)
 
+    def predictive(self, x):
+        """Discrete leaves: each entry's posterior marginal given the observed entries of
+        ``x`` ``[B, H, W, n_colors]``, ``[B, H, W, n_colors, n_values]`` (what the
+        ``'marginal'`` completion takes the most probable value of)."""
+        signal, _ = self.leaf_signal(x, "soft")
+        return tf.transpose(self.leaf.predictive(signal), [2, 0, 1, 3, 4])
+
     def em_counts(self, x, routing, seed=None, weight=None, sample_index=None):
         """Counts per sum layer for a batch and the batch's ``log p(x)``.
 

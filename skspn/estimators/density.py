@@ -339,6 +339,13 @@ class GenerativeDGCSPN(BaseDGCSPN):
         completed = self._complete_scaled(z, method, self._seed_pair(rng))
         return (completed * scale + offset).astype(np.float64)
 
+    def _predictive_scaled(self, z, batch_size=None):
+        """Discrete leaves: the posterior marginal of every entry of ``z`` over its values,
+        ``(n_samples, H, W, C, n_values)``."""
+        ops = self._get_ops()
+        return self._map_batches(lambda b, start: ops.predictive(b).numpy(), z,
+                                 batch_size or self.batch_size)
+
     def _complete_scaled(self, z, method, seed, batch_size=None):
         """The network's completions of already standardised images ``z`` (same scale)."""
         ops = self._get_ops()

@@ -72,7 +72,9 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         entries: the plain average completed half-masked images better in every run of
         ``benchmarks/inpainting.py`` (e.g. MNIST bottom / left halves, 1000 training
         images: one network MSE 3865 / 3285, the average of 8 networks 3435 / 2803, their
-        posterior mean 3562 / 2998). The ``'mpe'`` completion is the MPE completion of the
+        posterior mean 3562 / 2998). With discrete leaves it is the most probable value
+        of the average of the networks' posterior marginals (codes are not averaged). The
+        ``'mpe'`` completion is the MPE completion of the
         network most probable given the observed entries. Fitting and queries cost
         ``n_networks`` times as much.
     **other parameters
@@ -320,7 +322,14 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
             return super()._complete_scaled(z, method, seed, batch_size)
         # One seed for all networks, so every row is completed by each network exactly as
         # that network alone would (same random_state).
-        completed = np.stack([e._complete_scaled(z, method, seed, batch_size or self.batch_size)
+        batch_size = batch_size or self.batch_size
+        if method == "marginal" and self.leaf != "normal":
+            # Codes cannot be averaged: the most probable value of the average of the
+            # networks' posterior marginals (soft voting, as the average of completions).
+            predictive = np.mean([e._predictive_scaled(z, batch_size) for e in self.estimators_],
+                                 axis=0)
+            return np.argmax(predictive, axis=-1).astype(np.float64)
+        completed = np.stack([e._complete_scaled(z, method, seed, batch_size)
                               for e in self.estimators_]).astype(np.float64)
         if method == "marginal":
             return completed.mean(axis=0)
