@@ -374,6 +374,26 @@ def test_values_near_the_float32_limit():
         est.score_samples(X[:5] * 1e19)
 
 
+def test_queries_far_outside_the_training_data(digits):
+    # Values 1e10..1e25 training standard deviations out: the Normal leaves' squares
+    # overflowed float32 (scores -inf, imputations NaN) and the classifier's rows summed to
+    # n_classes (log(n_classes) lost to rounding) or were NaN.
+    X, y = digits
+    X, y = X[:300], y[:300]
+    clf = DGCSPNClassifier(**SMALL_CLF, standardize="feature").fit(X, y)
+    far = np.where(np.arange(64) == 5, 1e20, X[:3])
+    for Q in (X[:3] * 1e10, X[:3] * 1e20, far):
+        proba = clf.predict_proba(Q)
+        assert np.isfinite(proba).all()
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    imp = DGCSPNImputer(**SMALL, standardize="feature").fit(X)
+    Q = X[:3].copy()
+    Q[:, 40:] = np.nan
+    Q[:, 3] = 1e25
+    assert np.isfinite(imp.score_samples(Q)).all()
+    assert np.isfinite(imp.transform(Q)).all()
+
+
 def test_an_all_missing_feature_raises_no_numpy_warnings(digits):
     X = digits[0][:100].copy()
     X[:, 0] = np.nan

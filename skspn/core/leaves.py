@@ -17,6 +17,7 @@ import tensorflow as tf
 from . import keyed_random
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+_MAX_Z = 1e15  # |z| cap of the Normal leaves: z**2 / 2 summed over 1e6 pixels stays finite
 
 
 def quantile_means(images: np.ndarray, n_components: int) -> np.ndarray:
@@ -190,7 +191,10 @@ class NormalLeaf(Leaf):
 
     def component_log_prob(self, x):
         scale = self.scale
-        z = (x[..., None] - self.loc) / scale
+        # Beyond 1e15 standard deviations the square would overflow float32 (to -inf
+        # log-probs, then NaN posteriors); there every component is as improbable as the
+        # others for float32 anyway, so the distance is capped.
+        z = tf.clip_by_value((x[..., None] - self.loc) / scale, -_MAX_Z, _MAX_Z)
         return -0.5 * tf.square(z) - tf.math.log(scale) - _HALF_LOG_2PI
 
     def max_log_prob(self):

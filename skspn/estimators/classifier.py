@@ -7,7 +7,7 @@ import time
 from numbers import Integral, Real
 
 import numpy as np
-from scipy.special import logsumexp
+from scipy.special import log_softmax, logsumexp
 from sklearn.base import ClassifierMixin, _fit_context
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
@@ -445,7 +445,9 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         log_proba : ndarray of shape (n_samples, n_classes)
         """
         joint = self._joint_from_X(X)
-        return joint - logsumexp(joint, axis=1, keepdims=True)
+        # The maximum first: joints of far-out rows are so large (say -1e20) that adding
+        # log(n_classes) to them is lost to rounding, and rows would not sum to 1.
+        return log_softmax(joint, axis=1)
 
     def predict_proba(self, X):
         """``p(y | x)``; rows sum to 1.
