@@ -394,6 +394,78 @@ def test_queries_far_outside_the_training_data(digits):
     assert np.isfinite(imp.transform(Q)).all()
 
 
+def test_divergence_in_the_last_gradient_step_is_caught(digits):
+    # The loss is measured before each update: a last step that diverged went unnoticed
+    # and the fitted model scored -inf and imputed NaN.
+    X = digits[0][:100]
+    for call in ("fit", "partial_fit"):
+        est = DGCSPNDensityEstimator(learning="gradient", learning_rate=50, max_epochs=1,
+                                     random_state=0)
+        with pytest.raises(ValueError, match="training diverged: the train log-likelihood "
+                                             "after the epoch"):
+            getattr(est, call)(X)
+
+
+def test_input_checks_found_in_review(digits):
+    X, y = digits
+    # A (nested) list of 2-D images is images, as a 3-D array is.
+    images = [row.reshape(8, 8).tolist() for row in X[:60]]
+    imp = DGCSPNImputer(**SMALL).fit(images)
+    assert imp.image_shape_ == (8, 8, 1)
+    assert imp.transform(images[:2]).shape == (2, 8, 8)
+    with pytest.raises(ValueError, match="0 images"):
+        DGCSPNImputer(**SMALL).fit(np.zeros((0, 8, 8)))
+    # NaN bounds made every completion NaN.
+    for bound in (dict(min_value=np.nan), dict(max_value=np.r_[np.nan, np.ones(63)])):
+        with pytest.raises(ValueError, match="must not be NaN"):
+            DGCSPNImputer(**SMALL, **bound).fit(X[:60])
+    # A NaN class was accepted and got a share of the probability.
+    with pytest.raises(ValueError, match="classes: Input y contains NaN"):
+        DGCSPNClassifier(**SMALL_CLF).partial_fit(X[:60], y[:60] % 2, classes=[0, 1, np.nan])
+    # Per-row standardisation of one or two features leaves little.
+    with pytest.warns(UserWarning, match="with 2 it removes most of the information"):
+        DGCSPNImputer(**SMALL).fit(X[:60, 20:22])
+    # Unscaled data may be what diverged, not only the learning rate.
+    est = DGCSPNDensityEstimator(**SMALL, learning="gradient", standardize=None).fit(X[:60])
+    with pytest.raises(ValueError, match=r"lower learning_rate \(now 0.01\) or check X for "
+                                         "extreme values"):
+        est._check_finite_training(np.nan, "train log-likelihood")
+
+
+def test_a_failed_refit_leaves_the_estimator_unfitted(digits):
+    # A fit that starts over replaced the fitted state piece by piece: a failure midway
+    # left the old network with the new data's statistics (other answers, silently) or a
+    # new feature count with the old network (errors from inside TensorFlow).
+    X, y = digits
+    X, y = X[:100], y[:100] % 2
+    clf = DGCSPNClassifier(**SMALL_CLF, standardize="feature").fit(X, y)
+    with pytest.raises(ValueError, match="training diverged"):
+        clf.set_params(learning_rate=1e6).fit(X * 100 + 5, y)
+    with pytest.raises(NotFittedError):
+        clf.predict_proba(X[:3])
+    clf.set_params(learning_rate=SMALL_CLF.get("learning_rate", 0.03)).fit(X, y)
+    with pytest.raises(ValueError, match="only one class"):
+        clf.fit(np.random.default_rng(0).random((4, 16)), [0, 0, 0, 0])
+    with pytest.raises(NotFittedError):
+        clf.predict(np.random.default_rng(0).random((4, 16)))
+    density = DGCSPNDensityEstimator(**SMALL, leaf="bernoulli").fit((X > 8).astype(float))
+    with pytest.raises(ValueError, match="only 0, 1"):
+        density.fit(X[:, :16])
+    with pytest.raises(NotFittedError):
+        density.score_samples(X[:3, :16])
+    imp = DGCSPNImputer(**SMALL).fit(X)
+    with pytest.raises(ValueError):
+        imp.fit(np.full((5, 16), np.nan))
+    with pytest.raises(NotFittedError):
+        imp.transform(X[:3, :16])
+    # Continued training that fails keeps the model it continued from.
+    warm = DGCSPNClassifier(**SMALL_CLF, warm_start=True).fit(X, y)
+    before = warm.predict_proba(X[:5])
+    with pytest.raises(ValueError, match="not seen in the first fit"):
+        warm.fit(X, y + 5)
+    np.testing.assert_array_equal(warm.predict_proba(X[:5]), before)
+
+
 def test_an_all_missing_feature_raises_no_numpy_warnings(digits):
     X = digits[0][:100].copy()
     X[:, 0] = np.nan

@@ -9,6 +9,7 @@ first use after unpickling).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import sys
@@ -92,6 +93,40 @@ def _integers(name, values):
     return [int(v) for v in values]
 
 
+def _images_from_list(X):
+    """A (nested) list of images as an array of images; anything else unchanged."""
+    if isinstance(X, (list, tuple)):
+        with contextlib.suppress(ValueError, TypeError):  # ragged: validate_data says so
+            as_array = np.asarray(X)
+            if as_array.ndim > 2:
+                return as_array
+    return X
+
+
+def _unfitted_if_it_fails(starts_over):
+    """Decorate a fit method: if ``starts_over(self)`` (evaluated before the call) and the
+    fit raises, the estimator is left unfitted. A fit that starts over replaces the
+    fitted state piece by piece (feature count, statistics, network), so a failure midway
+    left a mix of the old model and the new data's statistics, which answered silently
+    wrong or failed inside TensorFlow."""
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            fresh = starts_over(self)
+            try:
+                return method(self, *args, **kwargs)
+            except Exception:
+                if fresh:
+                    self._forget_fit()
+                raise
+        return wrapper
+    return decorate
+
+
+def _is_unfitted(estimator):
+    return not (hasattr(estimator, "network_weights_") or hasattr(estimator, "estimators_"))
+
+
 class BaseDGCSPN(BaseEstimator):
     """Base class; not for direct use."""
 
@@ -130,11 +165,15 @@ class BaseDGCSPN(BaseEstimator):
         large offsets do not swallow small variations.
         """
         nd_shape = None
+        X = _images_from_list(X)
         if hasattr(X, "ndim") and getattr(X, "ndim", 2) > 2 and not hasattr(X, "columns"):
             X = np.asarray(X)
             if X.ndim > 4:
                 raise ValueError(f"X must be 2-D, 3-D (n, H, W) or 4-D (n, H, W, C); "
                                  f"got an array of shape {X.shape}")
+            if X.shape[0] == 0:
+                raise ValueError(f"Found an array of 0 images (shape={X.shape}) while a "
+                                 "minimum of 1 is required")
             nd_shape = X.shape[1:]
             X = X.reshape(X.shape[0], -1)
         try:
@@ -224,6 +263,16 @@ class BaseDGCSPN(BaseEstimator):
         # largest columns, and imputed values came out hundreds of standard deviations
         # off. The lower quartile, not the median, catches two columns, or half of them
         # large (the median of [1, 1e5] is their mean).
+        n_features = int(np.prod(images.shape[1:]))
+        if n_features <= 2:
+            # A row's own mean and scale from one or two values: one feature is left
+            # unscaled, two are mapped to -1 / +1, and what is left is mostly noise.
+            warnings.warn(
+                f"standardize='sample' scales each row by the mean and standard deviation "
+                f"of its own features, which needs many features per row (images); with "
+                f"{n_features} it removes most of the information: use "
+                f"standardize='feature'.", UserWarning, stacklevel=_caller_stacklevel())
+            return
         rows = np.unique(np.linspace(0, len(images) - 1, min(len(images), MIXED_UNITS_ROWS))
                          .astype(int))  # spread over the data, which may be sorted
         _, std, count = _observed_mean_std(images[rows].reshape(len(rows), -1), axis=0)
@@ -554,6 +603,13 @@ class BaseDGCSPN(BaseEstimator):
             self._ops = self._make_ops()
         return self._ops
 
+    def _forget_fit(self):
+        """Drop all fitted state (trailing-underscore attributes and the runtime)."""
+        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
+            delattr(self, name)
+        for name in self._runtime_attributes + ("_rng", "_optimizer_state"):
+            self.__dict__.pop(name, None)
+
     def _check_finite_training(self, value, name):
         """Raise if an epoch left a non-finite ``value`` (loss or log-likelihood) or
         non-finite weights, instead of returning NaN predictions later. The diverged
@@ -564,6 +620,8 @@ class BaseDGCSPN(BaseEstimator):
             self.__dict__.pop(attribute, None)
         hint = (f"lower learning_rate (now {self.learning_rate})"
                 if self._learns_by_gradient() else "check X for extreme values")
+        if self._learns_by_gradient() and self._standardize_mode() is None:
+            hint += " or check X for extreme values (standardize=None leaves X unscaled)"
         what = f"the {name} became {value}" if not np.isfinite(value) else (
             "the weights became non-finite")
         raise ValueError(f"training diverged: {what}; {hint}")

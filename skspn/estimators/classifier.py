@@ -15,7 +15,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, column_or_1d
 
-from ._base import BaseDGCSPN
+from ._base import BaseDGCSPN, _is_unfitted, _unfitted_if_it_fails
 
 
 class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
@@ -223,6 +223,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         return y
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @_unfitted_if_it_fails(lambda self: not (self.warm_start and hasattr(self, "network_weights_")))
     def fit(self, X, y, sample_weight=None):
         """Fit the classifier.
 
@@ -265,6 +266,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         self._train(images, codes, sample_weight, self.max_epochs)
         return self
 
+    @_unfitted_if_it_fails(_is_unfitted)
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One epoch over ``(X, y)``; ``classes`` is required on the first call.
 
@@ -290,7 +292,12 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         sample_weight = _check_sample_weight(sample_weight, images, dtype=np.float32,
                                              ensure_non_negative=True)
         if first:
-            classes = np.unique(column_or_1d(classes))
+            classes = column_or_1d(classes)
+            try:  # NaN, floats with fractions: refused, as labels in y
+                check_classification_targets(classes)
+            except ValueError as exc:
+                raise ValueError(f"classes: {exc}") from None
+            classes = np.unique(classes)
             if len(classes) < 2:
                 raise ValueError("classes must hold at least 2 classes")
             self._initialise(images, classes)
@@ -365,7 +372,10 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
             t0 = time.time()
             loss = self._epoch(z[idx_train], codes[idx_train], weight[idx_train])
             check = idx_train[self._rng.permutation(len(idx_train))[:500]]  # cheap estimate
-            train_acc = float(np.mean(self._predict_codes(z[check]) == codes[check]))
+            joint = self._joint(z[check])
+            # The loss was measured before the epoch's last update; this is after it.
+            self._check_finite_training(np.sum(joint), "joint log-likelihood after the epoch")
+            train_acc = float(np.mean(np.argmax(joint, axis=1) == codes[check]))
             val_acc = None
             if idx_val is not None:
                 val_acc = float(np.mean(self._predict_codes(z[idx_val]) == codes[idx_val]))

@@ -11,7 +11,8 @@ from sklearn.base import DensityMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import StrOptions
 
-from ._base import BaseDGCSPN, _caller_stacklevel
+from ._base import (BaseDGCSPN, _caller_stacklevel, _images_from_list, _is_unfitted,
+                    _unfitted_if_it_fails)
 
 #: leaf='categorical': the most categories (8-bit codes); the leaves' per-category
 #: tensors grow with the count, and raw identifiers (zip codes) would exhaust memory.
@@ -180,12 +181,19 @@ class GenerativeDGCSPN(BaseDGCSPN):
         if hasattr(self._learner, "end_epoch"):
             self._learner.end_epoch()
         self._check_finite_training(total / n, "train log-likelihood")
+        if self._learns_by_gradient():
+            # ``total`` was measured before each batch's update: check the state after the
+            # last one on a batch of the data (a diverged last step scored -inf later). EM
+            # updates are normalised counts: they cannot diverge so, and skip the cost.
+            after = self._log_likelihood_scaled(z[order[:batch]])
+            self._check_finite_training(np.sum(after), "train log-likelihood after the epoch")
         return total / n + log_jacobian
 
     def _learns_by_gradient(self):
         return self.learning == "gradient"
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @_unfitted_if_it_fails(lambda self: True)
     def fit(self, X, y=None):
         """Fit the network to ``X`` (NaN entries are marginalised during learning).
 
@@ -217,6 +225,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
         self._sync_weights()
         return self
 
+    @_unfitted_if_it_fails(_is_unfitted)
     def partial_fit(self, X, y=None):
         """One online pass over the batch ``X`` (initialising on the first call).
 
@@ -312,6 +321,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
         if method not in ("marginal", "mpe", "sample"):
             raise ValueError(f"method must be 'marginal', 'mpe' or 'sample', got {method!r}")
         self._check_fitted()
+        X = _images_from_list(X)
         nd_shape = X.shape if isinstance(X, np.ndarray) and X.ndim > 2 else None
         # float32 in, float32 out, pandas' nullable Float32 columns included.
         dtypes = ({str(d) for d in X.dtypes} if hasattr(X, "dtypes")

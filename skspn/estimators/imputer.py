@@ -14,6 +14,7 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils._set_output import _get_output_config
 
+from ._base import _is_unfitted, _unfitted_if_it_fails
 from .density import GenerativeDGCSPN
 
 
@@ -172,6 +173,7 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         return X
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @_unfitted_if_it_fails(lambda self: True)
     def fit(self, X, y=None):
         """Fit the imputer on ``X`` (missing entries marginalised).
 
@@ -184,7 +186,7 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         -------
         self
         """
-        self._forget_fit()
+        self._forget_fit()  # an earlier fit may have had another n_networks
         X = self._with_nan(X)
         if self.n_networks == 1:
             GenerativeDGCSPN.fit.__wrapped__(self, X)
@@ -193,6 +195,7 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         self._fit_indicator(X, first=True)
         return self
 
+    @_unfitted_if_it_fails(_is_unfitted)
     def partial_fit(self, X, y=None):
         """One online EM pass over the batch ``X`` (initialising on the first call).
 
@@ -248,13 +251,6 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
             raise ValueError("add_indicator=True was set after fit; fit the imputer again "
                              "to learn which features get an indicator")
         return self.indicator_.features_
-
-    def _forget_fit(self):
-        """Drop the state of an earlier fit (it may have had another ``n_networks``)."""
-        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
-            delattr(self, name)
-        for name in self._runtime_attributes + ("_rng", "_optimizer_state"):
-            self.__dict__.pop(name, None)
 
     def _fit_networks(self, X, partial, first=True):
         """Fit (or update online) ``n_networks`` single-network imputers on ``X``."""
@@ -460,6 +456,8 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         for name, default in (("min_value", -np.inf), ("max_value", np.inf)):
             value = getattr(self, name)
             value = np.asarray(default if value is None else value, dtype=np.float64)
+            if np.isnan(value).any():  # np.clip would make every completion NaN
+                raise ValueError(f"{name} must not be NaN (use {default} for no bound)")
             if value.ndim == 0:
                 value = np.full(self.n_features_in_, float(value))
             elif value.shape != (self.n_features_in_,):
