@@ -432,6 +432,21 @@ def test_input_checks_found_in_review(digits):
         est._check_finite_training(np.nan, "train log-likelihood")
 
 
+def test_networks_too_large_to_allocate_are_refused(digits):
+    # n_components=10**6 raised TensorFlow's ResourceExhaustedError with a graph trace
+    # (or the kernel killed the process); the size is known before anything is built.
+    X, y = digits
+    for est in (DGCSPNDensityEstimator(n_components=10**6), DGCSPNImputer(n_components=10**6),
+                DGCSPNClassifier(n_components=10**6)):
+        with pytest.raises(ValueError, match="layer leaves would hold .* lower batch_size, "
+                                             "n_components or sum_channels"):
+            _fit(est, X[:200], y[:200])
+        with pytest.raises(NotFittedError):
+            est.predict(X[:2]) if hasattr(est, "predict") else est.score_samples(X[:2])
+    with pytest.raises(ValueError, match="network would have .* weights"):
+        DGCSPNDensityEstimator(sum_channels=10**5).fit(X[:200])
+
+
 def test_a_failed_refit_leaves_the_estimator_unfitted(digits):
     # A fit that starts over replaced the fitted state piece by piece: a failure midway
     # left the old network with the new data's statistics (other answers, silently) or a

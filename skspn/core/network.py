@@ -24,7 +24,7 @@ import tensorflow as tf
 from . import keyed_random
 from .leaves import Leaf
 from .product_sum import product_of, product_sum, to_log_values
-from .products import XLA_MIN_PIXELS, Product, tracing_for_xla
+from .products import XLA_MIN_PIXELS, Product, product_channels, tracing_for_xla
 from .scopes import ProductSpec, resolve
 from .sums import LOG_ZERO, SpatialSum, routed_sum
 
@@ -47,6 +47,24 @@ def _keep_mask_of_shape(shape, keys, rate):  # shape [H, W, B, ...]: samples on 
 # rounds run as one pass: the 14x14xBx128 mask of the MNIST classifier (batch 128) takes
 # 8 ms against 48 ms as separate TensorFlow ops.
 _keep_mask = tf.function(_keep_mask_impl, jit_compile=True, autograph=False)
+
+
+def layer_sizes(spatial_shape, n_components, products, sum_channels):
+    """``(layer name, values per sample, weights)`` of every layer of the network that
+    ``DGCSPN(spatial_shape, leaf with n_components, products, sum_channels)`` builds,
+    computed without building it (to refuse sizes that cannot be allocated)."""
+    report = resolve(tuple(int(n) for n in spatial_shape), products)
+    sizes = [("leaves", int(np.prod(spatial_shape)) * int(n_components), 0)]
+    channels = int(n_components)
+    for i, rp in enumerate(report.products):
+        channels = product_channels(rp, channels)
+        n_cells = int(np.prod(rp.out_shape))
+        sizes.append((f"product_{i}", n_cells * channels, 0))
+        if i < len(report.products) - 1:
+            out = int(sum_channels[i])
+            sizes.append((f"sum_{i}", n_cells * out, n_cells * channels * out))
+            channels = out
+    return sizes
 
 
 class DGCSPN(tf.Module):

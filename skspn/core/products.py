@@ -77,6 +77,18 @@ def tracing_for_xla():
 LINEAR_MIN_LOG = float(np.log(1e-30))
 
 
+def product_channels(resolved, in_channels):
+    """Output channels of the product ``resolved`` over ``in_channels`` channels: the
+    same for a depthwise product; all combinations, or the subset's size, for a one-hot
+    product (a one-cell kernel is depthwise)."""
+    n_children = int(np.prod([op.kernel for op in resolved.axes]))
+    if n_children == 1 or resolved.spec.mode == "depthwise":
+        return int(in_channels)
+    n_all = int(in_channels) ** n_children
+    cap = resolved.spec.n_channels
+    return n_all if cap is None or n_all <= cap else int(cap)
+
+
 class Product(tf.Module):
     """One GCLP layer built from a resolved (validated) ``ProductSpec``.
 
@@ -103,14 +115,13 @@ class Product(tf.Module):
         n_children = len(self.offsets)
         self.mode = resolved.spec.mode if n_children > 1 else "depthwise"
         self.channel_index = None  # [n_children, C_out] for a one-hot subset
-        if self.mode == "depthwise":
-            self.out_channels = self.in_channels
-        elif self.mode == "one_hot":
+        if self.mode not in ("depthwise", "one_hot"):
+            raise ValueError(f"unknown product mode {self.mode!r}")
+        self.out_channels = product_channels(resolved, self.in_channels)
+        if self.mode == "one_hot":
             n_all = self.in_channels ** n_children
             cap = resolved.spec.n_channels
-            if cap is None or n_all <= cap:
-                self.out_channels = n_all  # all combinations, by broadcast add
-            else:
+            if not (cap is None or n_all <= cap):
                 rng = np.random.default_rng(0) if rng is None else rng
                 if n_all < 2**62:
                     codes = rng.choice(n_all, size=cap, replace=False)
@@ -119,9 +130,6 @@ class Product(tf.Module):
                     digits = self._distinct_digit_rows(rng, n_children, cap).T
                 self._subset_digits = digits.astype(np.int32)
                 self.channel_index = tf.constant(self._subset_digits)
-                self.out_channels = int(cap)
-        else:
-            raise ValueError(f"unknown product mode {self.mode!r}")
         # Compiled variants for large layers (compiles_layer).
         self._scaled_fn = tf.function(self._scaled_impl, jit_compile=True, autograph=False)
         self._scaled_linear_fn = tf.function(self._scaled_linear_impl, jit_compile=True,

@@ -93,6 +93,11 @@ def _integers(name, values):
     return [int(v) for v in values]
 
 
+#: The most values one activation (or all weights) may hold: 2**31 - 1 (8 GiB in float32;
+#: TensorFlow's int32 indexing limit on GPUs).
+MAX_TENSOR_VALUES = 2**31 - 1
+
+
 def _images_from_list(X):
     """A (nested) list of images as an array of images; anything else unchanged."""
     if isinstance(X, (list, tuple)):
@@ -361,6 +366,27 @@ class BaseDGCSPN(BaseEstimator):
             if any(c < 1 for c in channels):
                 raise ValueError(f"sum_channels must be positive, got {self.sum_channels}")
         return products, channels
+
+    def _check_network_size(self, n_samples):
+        """Refuse a network whose largest layer (or whose weights) cannot be allocated for
+        a training batch of ``n_samples`` (TensorFlow failed with a memory error and a
+        graph trace, or the process was killed), naming the parameters that set the size."""
+        from ..core.network import layer_sizes
+
+        products, channels = self._plan(self.first_product)
+        h, w, c = self.image_shape_
+        sizes = layer_sizes((h, w), self.n_components, products, channels)
+        batch = self._training_batch(n_samples)
+        name, per_sample, _ = max(sizes, key=lambda size: size[1])
+        if per_sample * batch > MAX_TENSOR_VALUES:
+            raise ValueError(
+                f"the network's layer {name} would hold {per_sample * batch:,} values for a "
+                f"batch of {batch} samples, over the {MAX_TENSOR_VALUES:,} one tensor can "
+                f"hold; lower batch_size, n_components or sum_channels")
+        n_weights = sum(size[2] for size in sizes) + h * w * c * self.n_components
+        if n_weights > MAX_TENSOR_VALUES:
+            raise ValueError(f"the network would have {n_weights:,} weights; lower "
+                             f"n_components or sum_channels")
 
     def _kernel(self):
         """``kernel_size`` for the planner: an int, or (height, width)."""

@@ -131,6 +131,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
         self._rng = check_random_state(self.random_state)
         self._setup_distribution(images)
         self.seed_ = int(self._rng.randint(0, 2**31 - 1))
+        self._check_network_size(len(images))
         self._fit_scaler(images)
         z, _, _ = self._scale(images)
         with self._distribution_scope():
