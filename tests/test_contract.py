@@ -602,3 +602,13 @@ def test_64x64_full_depth():
     assert _finite_state(est)
     scores = est.score_samples(X[:2])
     assert np.isfinite(scores).all()
+
+
+def test_sum_channels_lists_are_extended_or_cut_to_the_sum_layers():
+    est = DGCSPNDensityEstimator(image_shape=(8, 8))
+    est.image_shape_ = (8, 8, 1)
+    n_sums = len(est.set_params(sum_channels=4)._plan("one_hot")[1])
+    assert n_sums >= 2
+    assert est.set_params(sum_channels=[8, 4])._plan("one_hot")[1] == [8] + [4] * (n_sums - 1)
+    assert est.set_params(sum_channels=list(range(1, 30)))._plan("one_hot")[1] == list(
+        range(1, n_sums + 1))

@@ -38,7 +38,8 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         Number of product layers (non-overlapping ones included).
     sum_channels : int or sequence of int, default=(64, 64, 64, 128, 128)
         Sums per cell after each product but the last; a shorter sequence is extended with
-        its last value.
+        its last value, a longer one cut to the number of sum layers (so one sequence
+        serves a grid over ``depth``).
     n_components : int, default=32
     n_nonoverlapping : int, default=2
         Stride = kernel layers first (fewer when the image is too small).

@@ -427,7 +427,9 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
         Number of product layers; ``'auto'`` is the minimum that reaches full scope.
         Smaller values grow the last kernel; up to 2 more add overlapping decompositions.
     sum_channels : int or list of int, default=16
-        Sums per cell after each product but the last (one value, or one per layer).
+        Sums per cell after each product but the last (one value, or one per layer; a
+        shorter list is extended with its last value, a longer one cut to the number of
+        sum layers, so one list serves a grid over ``depth``).
     n_components : int, default=4
         Leaf components per pixel.
     leaf : {'normal', 'bernoulli', 'categorical'}, default='normal'
