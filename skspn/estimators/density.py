@@ -269,8 +269,9 @@ class GenerativeDGCSPN(BaseDGCSPN):
         With ``standardize='feature'`` or ``None`` this is the exact log-density of the
         observed entries of ``X`` in ``X``'s own units (the Jacobian of the scaling is
         included), comparable with ``GaussianMixture.score_samples``. With ``'sample'`` it
-        is the log-density of the per-sample standardised image (each row divided by its own
-        standard deviation), which compares rows by shape, not by absolute intensity.
+        is the log-density of the per-sample standardised image (each row minus its own
+        mean, divided by its own standard deviation), which compares rows by shape, not by
+        absolute intensity.
         For discrete leaves it is the log-probability of the observed values.
 
         Parameters
@@ -445,8 +446,8 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
     n_nonoverlapping : int, default=0
         Stride = kernel product layers first.
     learning : {'hard_em_unweighted', 'hard_em', 'soft_em', 'gradient'}
-        EM (hard with USI, hard weighted, soft) with fixed leaves, or Adam on the
-        negative log-likelihood (leaves trained too).
+        Default ``'hard_em_unweighted'``. EM (hard with USI, hard weighted, soft) with
+        fixed leaves, or Adam on the negative log-likelihood (leaves trained too).
     em_update : {'epoch', 'online'}, default='epoch'
         ``'epoch'``: counts collected over each pass with fixed weights, then the M-step
         (batch EM; measured better on digits and MNIST, see benchmarks/README.md).
@@ -478,7 +479,8 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
         fit better.
     random_state : int, RandomState instance or None, default=None
     verbose : int, default=0
-        1 prints one line per epoch and a progress bar on long epochs.
+        1 prints one line per epoch, and a progress bar on epochs of at least 20 batches
+        when stdout is a terminal or a Jupyter notebook.
 
     Attributes
     ----------

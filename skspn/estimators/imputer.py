@@ -71,11 +71,12 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         is the average of the networks' completions (as in bagging), not the posterior
         mean of the mixture, which weights each network by its likelihood of the observed
         entries: the plain average completed half-masked images better in every run of
-        ``benchmarks/inpainting.py`` (e.g. MNIST bottom / left halves, 1000 training
-        images: one network MSE 3865 / 3285, the average of 8 networks 3435 / 2803, their
-        posterior mean 3562 / 2998). With discrete leaves it is the most probable value
-        of the average of the networks' posterior marginals (codes are not averaged). The
-        ``'mpe'`` completion is the MPE completion of the
+        ``benchmarks/inpainting.py`` but one (e.g. MNIST bottom / left halves, 1000
+        training images: one network MSE 3865 / 3285, the average of 8 networks
+        3435 / 2803, their posterior mean 3562 / 2998; the exception, Olivetti with 8
+        networks of variant B~: 1096 / 1084 against 1080 / 1083). With discrete leaves
+        it is the most probable value of the average of the networks' posterior marginals
+        (codes are not averaged). The ``'mpe'`` completion is the MPE completion of the
         network most probable given the observed entries. Fitting and queries cost
         ``n_networks`` times as much.
     **other parameters
