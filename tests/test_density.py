@@ -649,3 +649,30 @@ def test_imputer_ensemble_of_discrete_networks_completes_with_valid_codes(leaf, 
         top2 = np.sort(marginals[hidden], axis=1)[:, -2:]
         assert np.all(top2[:, 1] - top2[:, 0] > 1e-4)
         np.testing.assert_array_equal(out[hidden], np.argmax(marginals[hidden], axis=1))
+
+
+def test_colour_components_are_colours_of_the_data():
+    # Digits drawn in pure red or pure blue. With per-colour quantile means a component
+    # paired bright red with bright blue, so EM (which keeps the leaves) could not tell a
+    # red digit from a blue one: completions came out purple (red share 0.46 for both).
+    X = load_digits().data[:400].reshape(-1, 8, 8) / 16.0
+    red = np.random.RandomState(0).rand(400) < 0.5
+    colour = np.zeros(X.shape + (3,))
+    colour[red, ..., 0] = X[red]
+    colour[~red, ..., 2] = X[~red]
+    train, test, red_test = colour[:300], colour[300:], red[300:]
+    est = DGCSPNDensityEstimator(sum_channels=8, max_epochs=5, random_state=0).fit(train)
+    masked = test.copy()
+    masked[:, 4:] = np.nan
+    completed = est.impute(masked)[:, 4:]
+    red_share = completed[..., 0].sum((1, 2)) / (completed[..., [0, 2]].sum((1, 2, 3)))
+    assert red_share[red_test].mean() > 0.8 and red_share[~red_test].mean() < 0.2
+    no_blue = test.copy()
+    no_blue[..., 2] = np.nan
+    blue = est.impute(no_blue)[..., 2]
+    assert blue[red_test].mean() < 0.05
+    assert abs(blue[~red_test].mean() - test[~red_test][..., 2].mean()) < 0.05
+    # Each component's mean is a colour seen at its pixel: never bright in both channels.
+    means = est.network_weights_[0][:, :, 0] * est.feature_scale_[..., None] \
+        + est.feature_mean_[..., None]  # [H, W, C, K] back in X's units
+    assert not np.any((means[:, :, 0] > 0.3) & (means[:, :, 2] > 0.3))

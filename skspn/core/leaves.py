@@ -53,6 +53,65 @@ def quantile_means(images: np.ndarray, n_components: int) -> np.ndarray:
     return means.astype(np.float32)
 
 
+def component_means(images: np.ndarray, n_components: int, n_iter: int = 20,
+                    max_samples: int = 1000) -> np.ndarray:
+    """Initial (and, under EM, fixed) means of the Normal leaves' components.
+
+    One colour: ``quantile_means`` (the paper's). Several colours: a component is a
+    product over the colours of one pixel, so quantile means, taken per colour, pair the
+    k-th quantile of every colour and cannot express colours that are bright in one
+    channel and dark in another (a review's red or blue digits were completed and sampled
+    purple). Instead, a k-means of each pixel's colour vectors (Lloyd iterations started
+    from the quantile means, over at most ``max_samples`` images, missing channels left
+    out of the distances and the means), so that each component is a colour of the data.
+
+    Parameters
+    ----------
+    images : ndarray of shape (n_samples, H, W, n_colors)
+        Training data; NaN entries are ignored.
+
+    Returns
+    -------
+    means : ndarray of shape (H, W, n_colors, n_components)
+    """
+    means = quantile_means(images, n_components)
+    if images.shape[-1] == 1 or n_components == 1:
+        return means
+    rng = np.random.default_rng(0)  # deterministic, as the quantile means
+    rows = (np.sort(rng.choice(len(images), max_samples, replace=False))
+            if len(images) > max_samples else slice(None))
+    x = np.asarray(images[rows], dtype=np.float32)  # [n, H, W, C]
+    observed = ~np.isnan(x)
+    x = np.where(observed, x, 0.0)
+    has_colour = observed.any(axis=-1)  # [n, H, W]: some channel observed
+    centres = np.moveaxis(means, -1, -2).copy()  # [H, W, K, C]
+    for _ in range(n_iter):
+        # Squared distances over the observed channels, [n, H, W, K].
+        distance = np.einsum("nhwkc->nhwk", observed[..., None, :]
+                             * (x[..., None, :] - centres[None]) ** 2)
+        nearest = np.argmin(distance, axis=-1)
+        member = (nearest[..., None] == np.arange(n_components)) & has_colour[..., None]
+        member = member.astype(np.float32)
+        total = np.einsum("nhwk,nhwc->hwkc", member, x)
+        count = np.einsum("nhwk,nhwc->hwkc", member, observed.astype(np.float32))
+        updated = np.where(count > 0, total / np.maximum(count, 1.0), centres)
+        # A component no image chose (equal quantile means start so) moves to the
+        # colour farthest from its centre, one per pixel and iteration.
+        empty = member.sum(axis=0) == 0  # [H, W, K]
+        if empty.any():
+            own = np.where(has_colour, np.min(distance, axis=-1), -1.0)  # [n, H, W]
+            farthest = np.argmax(own, axis=0)  # [H, W]
+            colour = np.take_along_axis(x, farthest[None, ..., None], axis=0)[0]  # [H, W, C]
+            first_empty = np.argmax(empty, axis=-1)  # [H, W]
+            reseed = empty & (np.arange(n_components) == first_empty[..., None])
+            reseed &= (np.max(own, axis=0) > 0)[..., None]  # only where points differ
+            updated = np.where(reseed[..., None], colour[:, :, None, :], updated)
+        if np.allclose(updated, centres):
+            break
+        centres = updated
+    return np.moveaxis(centres, -2, -1).astype(np.float32)
+
+
 def bernoulli_logits(images, n_components: int) -> np.ndarray:
     """Initial logits of P(x = 1) ``[H, W, C, K]``: components spread over 0.02 ... 0.98,
     which the sums mix into any marginal; a single component is each pixel's own

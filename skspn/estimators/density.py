@@ -100,7 +100,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
         if z is None:
             z = np.full((1, h, w, c), np.nan, np.float32)
         if self.leaf == "normal":
-            leaf = L.NormalLeaf(L.quantile_means(z, k), scale=self.leaf_scale,
+            leaf = L.NormalLeaf(L.component_means(z, k), scale=self.leaf_scale,
                                 trainable=trainable)
         elif self.leaf == "bernoulli":
             leaf = L.BernoulliLeaf(L.bernoulli_logits(z, k), trainable=trainable)
@@ -432,7 +432,10 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
         shorter list is extended with its last value, a longer one cut to the number of
         sum layers, so one list serves a grid over ``depth``).
     n_components : int, default=4
-        Leaf components per pixel.
+        Leaf components per pixel. Normal leaves start at each pixel's quantile means (the
+        paper's); with several colours each component is a colour of the data instead (a
+        per-pixel k-means of the training colours), since a component is a product over
+        the colours and EM keeps the leaves fixed.
     leaf : {'normal', 'bernoulli', 'categorical'}, default='normal'
         Discrete leaves need X in {0, 1} or integer codes 0..n-1 (n <= 256); no
         standardisation. With fewer components than categories, neighbouring codes share

@@ -56,7 +56,8 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         Bounds of the imputed values, one for all features or one per feature, as in
         ``IterativeImputer`` (e.g. 0 and 255 for 8-bit pixels: the completions of a
         Normal-leaf model, with per-image scaling most of all, can leave the data's range).
-        Observed values are never changed; ``impute`` applies them too.
+        Observed values are never changed; ``impute`` applies them too, ``sample`` does
+        not (with ``standardize='sample'`` it draws standardised images).
     add_indicator : bool, default=False
         Append to the output of ``transform`` one 0/1 column per feature that had missing
         entries in training (``MissingIndicator``'s ``features='missing-only'``), as
