@@ -54,6 +54,12 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         Rate at which product outputs are set to log 0 while training.
     input_dropout : float in [0, 1), default=0.2
         Rate at which whole pixels are marginalised (log 1) while training.
+        Both dropouts are the paper's regularisation for long fits (400 epochs); they slow
+        the first epochs, most of all in narrow networks. On 600 MNIST images, 5 epochs,
+        300 test images: 40 % accuracy with the defaults against 64 % with both at 0; with
+        ``n_components=8, sum_channels=8`` 11 % (chance) against 51 % with
+        ``product_dropout=0``. For short fits, or a grid search over small networks, set
+        them to 0 or include them in the grid.
     learning_rate : float, default=1e-2
         Adam step size. The paper used 1e-4 (its code 1e-3) for 400 epochs on MNIST;
         1e-2 reaches the same regime in far fewer epochs on small data (digits, 75 / 25
