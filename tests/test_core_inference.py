@@ -455,6 +455,40 @@ def test_mpe_of_normal_leaves_of_different_scales_attains_the_max_product():
         assert tf_max(net, completed[..., 0])[0] > best - 1e-4, (completed, best)
 
 
+def test_normal_leaves_far_out_stay_finite_and_favour_the_wider_component():
+    # The square of the distance is capped (it overflowed float32 to -inf); the cap is on
+    # the distance, the same for all components, so the wider one keeps explaining an
+    # outlier better, and its scale's gradient keeps pointing up.
+    leaf = NormalLeaf(np.zeros((1, 1, 1, 2)), scale=np.array([[[[0.1, 10.0]]]]),
+                      trainable=True)
+    for value in (1e3, 1e17, 1e25, 3e38):
+        x = tf.constant([[[[value]]]], tf.float32)
+        with tf.GradientTape() as tape:
+            lp = leaf.component_log_prob(x)
+            wide = lp[..., 1]
+        grad = tape.gradient(wide, leaf.log_scale).numpy().ravel()
+        lp = lp.numpy().ravel()
+        assert np.all(np.isfinite(lp)) and lp[1] > lp[0], (value, lp)
+        assert grad[1] > 0, (value, grad)
+
+
+def test_max_leaf_log_probs_compiled_match_eager():
+    # Images of >= XLA_MIN_PIXELS pixels take the compiled leaf pass; 'max' there too.
+    rng = np.random.default_rng(40)
+    shape = (16, 16)
+    net = DGCSPN(shape, NormalLeaf(rng.normal(size=shape + (1, 3)),
+                                   scale=rng.uniform(0.2, 2.0, size=shape + (1, 3))),
+                 plan(shape, first="depthwise"), [2] * (len(plan(shape)) - 1))
+    x = rng.normal(size=(4,) + shape + (1,))
+    x[rng.random(x.shape) < 0.5] = np.nan
+    x = tf.constant(x, tf.float32)
+    for hidden in ("marginal", "max"):
+        np.testing.assert_allclose(net.leaf_log_prob(x, hidden).numpy(),
+                                   net._leaf_log_prob(x, hidden).numpy(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(net.leaf_log_prob(x, "max").numpy(),
+                           net.leaf_log_prob(x, "marginal").numpy())
+
+
 @pytest.mark.parametrize("name", MPE_CASES + ["3x3-counts"])
 def test_max_product_never_exceeds_likelihood(name):
     for indicator in (True, False):

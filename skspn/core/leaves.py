@@ -17,7 +17,9 @@ import tensorflow as tf
 from . import keyed_random
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-_MAX_Z = 1e15  # |z| cap of the Normal leaves: z**2 / 2 summed over 1e6 pixels stays finite
+# Cap of a Normal leaf's |x - loc|, in units of its smallest possible scale: z**2 / 2 summed
+# over 1e6 pixels stays finite in float32.
+_MAX_Z = 1e15
 
 
 def quantile_means(images: np.ndarray, n_components: int) -> np.ndarray:
@@ -183,6 +185,8 @@ class Leaf(tf.Module):
         component's largest log-density (``max_log_prob``), the leaves of the max-product
         network that the MPE completion routes on.
         """
+        if hidden not in ("marginal", "max"):
+            raise ValueError(f"hidden must be 'marginal' or 'max', got {hidden!r}")
         missing = tf.math.is_nan(x)
         x_filled = tf.where(missing, tf.zeros_like(x), x)
         lp = self.component_log_prob(x_filled)  # [H, W, B, n_colors, K]
@@ -250,11 +254,13 @@ class NormalLeaf(Leaf):
 
     def component_log_prob(self, x):
         scale = self.scale
-        # Beyond 1e15 standard deviations the square would overflow float32 (to -inf
-        # log-probs, then NaN posteriors); there every component is as improbable as the
-        # others for float32 anyway, so the distance is capped.
-        z = tf.clip_by_value((x[..., None] - self.loc) / scale, -_MAX_Z, _MAX_Z)
-        return -0.5 * tf.square(z) - tf.math.log(scale) - _HALF_LOG_2PI
+        # Far out the square overflows float32 (to -inf log-probs, then NaN posteriors).
+        # The distance is capped at _MAX_Z smallest possible scales, the same cap for
+        # every component, so the wider one still explains an outlier better (and its
+        # scale's gradient still grows); capping z instead made the narrowest one win.
+        limit = _MAX_Z * self.min_scale
+        distance = tf.clip_by_value(x[..., None] - self.loc, -limit, limit)
+        return -0.5 * tf.square(distance / scale) - tf.math.log(scale) - _HALF_LOG_2PI
 
     def max_log_prob(self):
         return -tf.math.log(self.scale) - _HALF_LOG_2PI
