@@ -603,15 +603,21 @@ def test_imputer_add_indicator(digits_split):
     np.testing.assert_array_equal(coded[:, 64:], expected.astype(float))
     assert (placeholder.inverse_transform(coded)[:, 62:] == -1).all()
     # partial_fit: the features missing in any batch.
+    # partial_fit: the features missing in any batch, whatever add_indicator was then.
     online = DGCSPNImputer(max_epochs=1, sum_channels=4, random_state=0, add_indicator=True)
-    online.partial_fit(X_train[100:]).partial_fit(X_train[:100])
+    online.partial_fit(X_train[:100]).partial_fit(X_train[100:])
+    np.testing.assert_array_equal(online.indicator_.features_, [60, 61, 62, 63])
+    online.set_params(add_indicator=False).partial_fit(X_train[100:])
+    assert online.indicator_ is None
+    online.set_params(add_indicator=True).partial_fit(X_train[100:])
     np.testing.assert_array_equal(online.indicator_.features_, [60, 61, 62, 63])
     # Misuse gets clear errors.
     with pytest.raises(ValueError, match="add_indicator=True"):
         DGCSPNImputer(max_epochs=1, sum_channels=4).fit(X_train).inverse_transform(out)
+    # Set after fit, it needs no refit: the fit remembered the missing features.
     late = DGCSPNImputer(max_epochs=1, sum_channels=4, random_state=0).fit(X_train)
-    with pytest.raises(ValueError, match="set after fit"):
-        late.set_params(add_indicator=True).transform(X)
+    np.testing.assert_array_equal(late.set_params(add_indicator=True).transform(X)[:, 64:],
+                                  expected.astype(float))
     with pytest.raises(ValueError, match="64 \\+ 4 indicator features"):
         imp.inverse_transform(out[:, :66])
 

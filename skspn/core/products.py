@@ -120,8 +120,8 @@ class Product(tf.Module):
         self.out_channels = product_channels(resolved, self.in_channels)
         if self.mode == "one_hot":
             n_all = self.in_channels ** n_children
-            cap = resolved.spec.n_channels
-            if not (cap is None or n_all <= cap):
+            if self.out_channels < n_all:  # a random subset of the combinations
+                cap = self.out_channels
                 rng = np.random.default_rng(0) if rng is None else rng
                 if n_all < 2**62:
                     codes = rng.choice(n_all, size=cap, replace=False)

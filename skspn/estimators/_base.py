@@ -93,9 +93,12 @@ def _integers(name, values):
     return [int(v) for v in values]
 
 
-#: The most values one activation (or all weights) may hold: 2**31 - 1 (8 GiB in float32;
-#: TensorFlow's int32 indexing limit on GPUs).
-MAX_TENSOR_VALUES = 2**31 - 1
+def _physical_memory():
+    """Bytes of physical memory, or None where the platform does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _images_from_list(X):
@@ -120,7 +123,7 @@ def _unfitted_if_it_fails(starts_over):
             fresh = starts_over(self)
             try:
                 return method(self, *args, **kwargs)
-            except Exception:
+            except BaseException:  # an interrupted fit (Ctrl-C) is a failed one too
                 if fresh:
                     self._forget_fit()
                 raise
@@ -129,6 +132,7 @@ def _unfitted_if_it_fails(starts_over):
 
 
 def _is_unfitted(estimator):
+    """Whether ``estimator`` holds no fitted network (one, or the imputer's several)."""
     return not (hasattr(estimator, "network_weights_") or hasattr(estimator, "estimators_"))
 
 
@@ -368,25 +372,36 @@ class BaseDGCSPN(BaseEstimator):
         return products, channels
 
     def _check_network_size(self, n_samples):
-        """Refuse a network whose largest layer (or whose weights) cannot be allocated for
-        a training batch of ``n_samples`` (TensorFlow failed with a memory error and a
-        graph trace, or the process was killed), naming the parameters that set the size."""
+        """Refuse a network whose largest activation, for a training batch of ``n_samples``
+        (per replica under a ``tf.distribute`` strategy), or whose weights would not fit
+        in this machine's memory: TensorFlow failed with a memory error and a graph trace,
+        or the process was killed (``n_components=10**6`` on digits). A bound that cannot
+        be met, not an estimate of what fits: several such tensors live at once."""
         from ..core.network import layer_sizes
 
+        memory = _physical_memory()
+        if memory is None:
+            return
         products, channels = self._plan(self.first_product)
         h, w, c = self.image_shape_
         sizes = layer_sizes((h, w), self.n_components, products, channels)
         batch = self._training_batch(n_samples)
+        strategy = getattr(self, "_strategy", None)
+        if strategy is not None:
+            batch = -(-batch // strategy.num_replicas_in_sync)
         name, per_sample, _ = max(sizes, key=lambda size: size[1])
-        if per_sample * batch > MAX_TENSOR_VALUES:
+        if 4 * per_sample * batch > memory:  # float32
             raise ValueError(
-                f"the network's layer {name} would hold {per_sample * batch:,} values for a "
-                f"batch of {batch} samples, over the {MAX_TENSOR_VALUES:,} one tensor can "
-                f"hold; lower batch_size, n_components or sum_channels")
-        n_weights = sum(size[2] for size in sizes) + h * w * c * self.n_components
-        if n_weights > MAX_TENSOR_VALUES:
-            raise ValueError(f"the network would have {n_weights:,} weights; lower "
-                             f"n_components or sum_channels")
+                f"the network's layer {name} would hold {per_sample * batch:,} values "
+                f"({4 * per_sample * batch / 2**30:,.0f} GiB) for a batch of {batch} samples, "
+                f"more than this machine's memory ({memory / 2**30:,.0f} GiB); lower "
+                f"batch_size, n_components or sum_channels")
+        n_weights = sum(size[2] for size in sizes) + 2 * h * w * c * self.n_components
+        if 4 * n_weights > memory:
+            raise ValueError(f"the network would have {n_weights:,} weights "
+                             f"({4 * n_weights / 2**30:,.0f} GiB), more than this machine's "
+                             f"memory ({memory / 2**30:,.0f} GiB); lower n_components or "
+                             f"sum_channels")
 
     def _kernel(self):
         """``kernel_size`` for the planner: an int, or (height, width)."""
@@ -633,7 +648,8 @@ class BaseDGCSPN(BaseEstimator):
         """Drop all fitted state (trailing-underscore attributes and the runtime)."""
         for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
             delattr(self, name)
-        for name in self._runtime_attributes + ("_rng", "_optimizer_state"):
+        for name in (*self._runtime_attributes, "_rng", "_optimizer_state",
+                     "_fitted_parameters"):
             self.__dict__.pop(name, None)
 
     def _check_finite_training(self, value, name):

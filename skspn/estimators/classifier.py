@@ -233,7 +233,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         return y
 
     @_fit_context(prefer_skip_nested_validation=True)
-    @_unfitted_if_it_fails(lambda self: not (self.warm_start and hasattr(self, "network_weights_")))
+    @_unfitted_if_it_fails(lambda self: not self._continues())
     def fit(self, X, y, sample_weight=None):
         """Fit the classifier.
 
@@ -249,7 +249,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         -------
         self
         """
-        continuing = self.warm_start and hasattr(self, "network_weights_")
+        continuing = self._continues()
         images = self._validate_input(X, reset=not continuing)
         y = self._validate_targets(y, len(images))
         if self.early_stopping:  # before the network is built
@@ -275,6 +275,10 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         codes = np.searchsorted(self.classes_, y).astype(np.int32)
         self._train(images, codes, sample_weight, self.max_epochs)
         return self
+
+    def _continues(self):
+        """Whether ``fit`` continues training the fitted network (``warm_start``)."""
+        return self.warm_start and hasattr(self, "network_weights_")
 
     @_unfitted_if_it_fails(_is_unfitted)
     def partial_fit(self, X, y, classes=None, sample_weight=None):
@@ -318,6 +322,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
                                  f"call to partial_fit ({self.classes_.tolist()!r}); the "
                                  "classes are fixed once fitted: call fit to start over")
             self._resume()
+            self._check_network_size(len(images))  # later batches may be larger
         unseen = np.setdiff1d(np.unique(y), self.classes_)
         if unseen.size:
             raise ValueError(f"y has classes {unseen.tolist()} not in classes_")

@@ -182,13 +182,15 @@ class GenerativeDGCSPN(BaseDGCSPN):
         if hasattr(self._learner, "end_epoch"):
             self._learner.end_epoch()
         self._check_finite_training(total / n, "train log-likelihood")
-        if self._learns_by_gradient():
-            # ``total`` was measured before each batch's update: check the state after the
-            # last one on a batch of the data (a diverged last step scored -inf later). EM
-            # updates are normalised counts: they cannot diverge so, and skip the cost.
-            after = self._log_likelihood_scaled(z[order[:batch]])
-            self._check_finite_training(np.sum(after), "train log-likelihood after the epoch")
         return total / n + log_jacobian
+
+    def _check_final_state(self, z):
+        """Each epoch's log-likelihood is measured before each batch's update: check the
+        state after the last update on a batch of ``z`` (a diverged last step scored -inf
+        later). EM updates are normalised counts, which cannot diverge so: no cost there."""
+        if self._learns_by_gradient():
+            after = self._log_likelihood_scaled(z[:self._training_batch(len(z))])
+            self._check_finite_training(np.sum(after), "train log-likelihood after training")
 
     def _learns_by_gradient(self):
         return self.learning == "gradient"
@@ -223,6 +225,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
                 self.converged_ = True
                 break
             previous = ll
+        self._check_final_state(z)
         self._sync_weights()
         return self
 
@@ -250,12 +253,14 @@ class GenerativeDGCSPN(BaseDGCSPN):
                 self._learner = self._make_learner(online=True)
             if not hasattr(self, "_rng"):
                 self._rng = check_random_state(self.random_state)
+            self._check_network_size(len(images))  # later batches may be larger
         z, _, scale = self._scale(images)
         t0 = time.time()
         ll = self._epoch(z, self._mean_log_jacobian(images, scale))
         self.history_.append(ll)
         self.n_iter_ += 1
         self._log_epoch(1, 1, time.time() - t0, log_likelihood=ll)
+        self._check_final_state(z)
         self._sync_weights()
         return self
 
@@ -350,13 +355,6 @@ class GenerativeDGCSPN(BaseDGCSPN):
         z, offset, scale = self._scale(images)
         completed = self._complete_scaled(z, method, self._seed_pair(rng))
         return (completed * scale + offset).astype(np.float64)
-
-    def _predictive_scaled(self, z, batch_size=None):
-        """Discrete leaves: the posterior marginal of every entry of ``z`` over its values,
-        ``(n_samples, H, W, C, n_values)``."""
-        ops = self._get_ops()
-        return self._map_batches(lambda b, start: ops.predictive(b).numpy(), z,
-                                 batch_size or self.batch_size)
 
     def _complete_scaled(self, z, method, seed, batch_size=None):
         """The network's completions of already standardised images ``z`` (same scale)."""

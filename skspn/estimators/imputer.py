@@ -235,24 +235,23 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         return np.isnan(X.reshape(len(X), -1))
 
     def _fit_indicator(self, X, first):
-        """``indicator_``: the features missing in ``X`` (and in the earlier
-        ``partial_fit`` batches), or None without ``add_indicator``."""
-        if not self.add_indicator:
-            self.indicator_ = None
-            return
+        """Remember the features missing in ``X`` (and in the earlier ``partial_fit``
+        batches, whatever ``add_indicator`` was then), and set ``indicator_``."""
         missing = self._missing_mask(X).any(axis=0)
-        if not first and getattr(self, "indicator_", None) is not None:
-            missing[self.indicator_.features_] = True
-        # Fitted on one row holding NaN where a feature was ever missing, so that
-        # features_ is the union over partial_fit calls; the mask itself is taken here.
-        self.indicator_ = MissingIndicator(error_on_new=False).fit(
-            np.where(missing, np.nan, 0.0)[None, :])
+        if not first and hasattr(self, "_missing_in_training_"):
+            missing |= self._missing_in_training_
+        self._missing_in_training_ = missing
+        self.indicator_ = None
+        if self.add_indicator:
+            # Fitted on one row holding NaN where a feature was ever missing, so that its
+            # features_ are the union over partial_fit calls.
+            self.indicator_ = MissingIndicator(error_on_new=False).fit(
+                np.where(missing, np.nan, 0.0)[None, :])
 
     def _indicator_features(self):
-        if getattr(self, "indicator_", None) is None:
-            raise ValueError("add_indicator=True was set after fit; fit the imputer again "
-                             "to learn which features get an indicator")
-        return self.indicator_.features_
+        """Indices of the features that get an indicator column (also when
+        ``add_indicator`` was set after fit)."""
+        return np.flatnonzero(self._missing_in_training_)
 
     def _fit_networks(self, X, partial, first=True):
         """Fit (or update online) ``n_networks`` single-network imputers on ``X``."""
@@ -321,12 +320,15 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         # One seed for all networks, so every row is completed by each network exactly as
         # that network alone would (same random_state).
         batch_size = batch_size or self.batch_size
-        if method == "marginal" and self.leaf != "normal":
+        if method == "marginal" and self.estimators_[0].leaf != "normal":  # the fitted leaf
             # Codes cannot be averaged: the most probable value of the average of the
-            # networks' posterior marginals (soft voting, as the average of completions).
-            predictive = np.mean([e._predictive_scaled(z, batch_size) for e in self.estimators_],
-                                 axis=0)
-            return np.argmax(predictive, axis=-1).astype(np.float64)
+            # networks' posterior marginals (soft voting, as the average of completions),
+            # batch by batch (the marginals hold n_values per entry).
+            def vote(batch, start):
+                total = sum(e._get_ops().predictive(batch).numpy() for e in self.estimators_)
+                return np.argmax(total, axis=-1)
+
+            return self._map_batches(vote, z, batch_size).astype(np.float64)
         completed = np.stack([e._complete_scaled(z, method, seed, batch_size)
                               for e in self.estimators_]).astype(np.float64)
         if method == "marginal":
@@ -439,8 +441,8 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         names = super().get_feature_names_out(input_features)
         if not self.add_indicator:
             return names
-        self._indicator_features()
-        return np.concatenate([names, self.indicator_.get_feature_names_out(names)])
+        indicators = [f"missingindicator_{names[i]}" for i in self._indicator_features()]
+        return np.concatenate([names, np.asarray(indicators, dtype=object)])
 
     def _prepare(self, X, reset):
         images = super()._prepare(X, reset)
