@@ -66,15 +66,8 @@ def component_means(images: np.ndarray, n_components: int, n_iter: int = 20,
     purple). Instead, a k-means of each pixel's colour vectors (Lloyd iterations started
     from the quantile means, over at most ``max_samples`` images, missing channels left
     out of the distances and the means), so that each component is a colour of the data.
-
-    Parameters
-    ----------
-    images : ndarray of shape (n_samples, H, W, n_colors)
-        Training data; NaN entries are ignored.
-
-    Returns
-    -------
-    means : ndarray of shape (H, W, n_colors, n_components)
+    ``images`` and the returned means are shaped as for ``quantile_means``; ``n_iter``
+    bounds the Lloyd iterations (they stop earlier once the means stay put).
     """
     means = quantile_means(images, n_components)
     if images.shape[-1] == 1 or n_components == 1:
