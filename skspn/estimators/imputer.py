@@ -63,7 +63,8 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         entries in training (``MissingIndicator``'s ``features='missing-only'``), as
         scikit-learn's imputers do; a feature missing only at transform time gets none.
         The output is then 2-D, ``(n_samples, n_features + n_indicator_features)``, image
-        arrays included, and ``inverse_transform`` puts ``missing_values`` back.
+        arrays included, and ``inverse_transform`` puts ``missing_values`` back. Every fit
+        remembers the missing features, so it can be set after fit too.
     n_networks : int, default=1
         Number of networks, fitted independently on all of ``X`` with different random
         states. Together they are the uniform mixture of their distributions:
@@ -102,8 +103,8 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
     estimators_ : list of DGCSPNImputer
         With ``n_networks > 1``: the fitted single-network imputers.
     indicator_ : MissingIndicator or None
-        With ``add_indicator=True``, the indicator of the features missing in training
-        (``indicator_.features_``; over all ``partial_fit`` calls), else None.
+        Fitted with ``add_indicator=True``: the indicator of the features missing in
+        training (``indicator_.features_``; over all ``partial_fit`` calls), else None.
 
     Notes
     -----
@@ -412,7 +413,7 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         """
         self._check_fitted()
         if not self.add_indicator:
-            raise ValueError("inverse_transform needs the indicator columns: fit with "
+            raise ValueError("inverse_transform needs the indicator columns: set "
                              "add_indicator=True")
         features = self._indicator_features()
         X = check_array(X, dtype=[np.float64, np.float32], ensure_all_finite="allow-nan")
