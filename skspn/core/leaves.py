@@ -330,21 +330,18 @@ class CategoricalLeaf(Leaf):
     def max_log_prob(self):
         return tf.reduce_max(tf.nn.log_softmax(self.logits, axis=-1), axis=-1)
 
-    def _predictive(self, posterior):
+    def predictive(self, posterior):
         p = tf.nn.softmax(self.logits[:, :, 0], axis=-1)  # [H, W, C, K, n]
         return tf.einsum("hwbk,hwckn->hwbcn", posterior, p)
 
     def expected_value(self, posterior):
-        return tf.cast(tf.argmax(self._predictive(posterior), axis=-1), tf.float32)
-
-    def predictive(self, posterior):
-        return self._predictive(posterior)
+        return tf.cast(tf.argmax(self.predictive(posterior), axis=-1), tf.float32)
 
     def mode(self, selection):
         return self.expected_value(selection)
 
     def sample(self, selection, keys):
-        p = self._predictive(selection)  # [H, W, B, C, n]
+        p = self.predictive(selection)  # [H, W, B, C, n]
         gumbel = -tf.math.log(-tf.math.log(keyed_random.uniform(keys, tf.shape(p), 2)))
         draw = tf.argmax(tf.math.log(p + 1e-30) + gumbel, axis=-1)
         return tf.cast(draw, tf.float32)

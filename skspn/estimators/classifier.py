@@ -297,7 +297,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         """
         # Every call: a set_params between calls takes effect (learning rate, dropout).
         self._validate_params()
-        first = not hasattr(self, "network_weights_")
+        first = _is_unfitted(self)
         if first:
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit")

@@ -243,7 +243,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
         self
         """
         self._validate_params()  # every call: a set_params between calls takes effect
-        first = not hasattr(self, "network_weights_")
+        first = _is_unfitted(self)
         images = self._prepare(X, reset=first)
         if first:
             self._initialise(images, online=True)

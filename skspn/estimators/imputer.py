@@ -212,7 +212,7 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         self
         """
         self._validate_params()  # every call: a set_params between calls takes effect
-        first = not (hasattr(self, "network_weights_") or hasattr(self, "estimators_"))
+        first = _is_unfitted(self)
         if first:
             self._forget_fit()
         elif (self.n_networks == 1) == hasattr(self, "estimators_"):
