@@ -7,6 +7,7 @@ import pickletools
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import joblib
 import numpy as np
@@ -600,6 +601,23 @@ def test_image_arrays_must_match_the_fitted_images():
         with pytest.raises(ValueError, match="fitted on images of shape .4, 6, 3."):
             colour.impute(rng.random(shape))
     assert colour.impute(rng.random((2, 4, 6, 3))).shape == (2, 4, 6, 3)
+
+
+def test_channels_first_images_warn():
+    rng = np.random.default_rng(0)
+    # PyTorch-style (n, C, H, W) arrays would be fitted as 3 x 8 images of 8 channels or
+    # 1 x 8 strips.
+    for X, params in (((rng.random((20, 3, 8, 8))), {}),
+                      ((rng.random((20, 1, 8, 8))), {}),
+                      ((rng.random((20, 192))), {"image_shape": (3, 8, 8)})):
+        with pytest.warns(UserWarning, match=r"np.moveaxis\(X, 1, -1\)"):
+            est = DGCSPNDensityEstimator(**SMALL, **params).fit(X)
+        assert est.image_shape_ == (X.shape[1:] if X.ndim == 4 else (3, 8, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DGCSPNDensityEstimator(**SMALL).fit(rng.random((20, 8, 8, 3)))
+        DGCSPNDensityEstimator(**SMALL).fit(rng.random((20, 4, 6, 3)))
+        DGCSPNDensityEstimator(**SMALL).fit(rng.random((20, 64)))
 
 
 def test_64x64_full_depth():

@@ -78,6 +78,20 @@ def _has_spread(mean, std, count):
     return std > count * np.finfo(np.float64).eps * np.abs(mean)
 
 
+def _warn_if_channels_first(image_shape):
+    """Warn when an (H, W, C) image shape looks like channels-first (C, H, W) data."""
+    # PyTorch-style (n, 1, 28, 28) or (n, 3, 32, 32) arrays would otherwise be read as
+    # 1 x 28 strips of 28 channels or 3 x 32 images of 32 channels, and fit without error
+    # into a model of the wrong neighbourhoods.
+    height, width, channels = image_shape
+    if height in (1, 3, 4) and channels > 4:
+        warnings.warn(
+            f"images of shape {tuple(image_shape)} are read as (height, width, channels): "
+            f"{height} x {width} pixels of {channels} channels each. If the channels come "
+            f"first, (channels, height, width), move them last, e.g. "
+            f"np.moveaxis(X, 1, -1).", UserWarning, stacklevel=_caller_stacklevel())
+
+
 def _with_channel_axis(image_shape):
     """``(H, W)`` as ``(H, W, 1)``; ``(H, W, C)`` unchanged."""
     return tuple(image_shape) + ((1,) if len(image_shape) == 2 else ())
@@ -223,9 +237,12 @@ class BaseDGCSPN(BaseEstimator):
                 raise ValueError(f"image_shape={self.image_shape} disagrees with the images "
                                  f"of X, of shape {tuple(nd_shape)}; pass 2-D X or drop "
                                  "image_shape")
+            _warn_if_channels_first(shape)
             return shape
         if nd_shape is not None:
-            return _with_channel_axis(nd_shape)
+            shape = _with_channel_axis(nd_shape)
+            _warn_if_channels_first(shape)
+            return shape
         side = math.isqrt(n_features)
         if side * side == n_features:
             return (side, side, 1)
