@@ -185,6 +185,32 @@ def test_architecture_changed_after_fit(digits):
         ensemble.set_params(sum_channels=8).partial_fit(X)
 
 
+@pytest.mark.parametrize("n_networks", [1, 2])
+def test_leaf_changed_after_fit(n_networks):
+    rng = np.random.RandomState(0)
+    codes = rng.randint(0, 3, size=(120, 16)).astype(float)
+    query = codes[:4].copy()
+    query[:, 8:] = np.nan
+    imputer = DGCSPNImputer(**SMALL, leaf="categorical", n_networks=n_networks).fit(codes)
+    scores, completed = imputer.score_samples(codes[:4]), imputer.impute(query)
+    # The data check and the scaling follow the fitted leaf: with leaf='normal' the codes
+    # were standardised per row and fed to the categorical network (imputing non-codes),
+    # and with 'bernoulli' valid codes were refused.
+    for leaf in ("normal", "bernoulli"):
+        imputer.set_params(leaf=leaf)
+        assert np.array_equal(imputer.score_samples(codes[:4]), scores)
+        assert np.array_equal(imputer.impute(query), completed)
+        assert np.array_equal(pickle.loads(pickle.dumps(imputer)).impute(query), completed)
+    with pytest.raises(ValueError, match="leaf changed by set_params"):
+        imputer.partial_fit(codes)
+    binary = DGCSPNDensityEstimator(**SMALL, leaf="bernoulli").fit(codes > 0)
+    scores = binary.score_samples(codes[:4] > 0)
+    binary.set_params(leaf="categorical")  # had no n_categories_ to check codes against
+    assert np.array_equal(binary.score_samples(codes[:4] > 0), scores)
+    # A refit takes the new leaf.
+    assert binary.fit(codes).n_categories_ == 3
+
+
 @pytest.mark.parametrize("make", [lambda s: DGCSPNDensityEstimator(max_epochs=1, sum_channels=4,
                                                                    random_state=s),
                                   lambda s: DGCSPNDensityEstimator(max_epochs=1, sum_channels=4,

@@ -55,15 +55,23 @@ class GenerativeDGCSPN(BaseDGCSPN):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ data checks
+    def _fitted_leaf(self):
+        """The leaf of the fitted network (``leaf`` before the first fit)."""
+        # Queries answer with the fitted model after a set_params(leaf=...), as they do for
+        # the other architecture parameters (_rebuild_network): its data check and scaling
+        # follow the leaf the network has, not the one set since.
+        return getattr(self, "_fitted_parameters", {}).get("leaf", self.leaf)
+
     def _standardize_mode(self):
-        return None if self.leaf != "normal" else self.standardize
+        return None if self._fitted_leaf() != "normal" else self.standardize
 
     def _check_values(self, images, reset):
         """Discrete leaves need 0/1 (Bernoulli) or integer category codes (Categorical)."""
-        if self.leaf == "normal":
+        leaf = self.leaf if reset else self._fitted_leaf()
+        if leaf == "normal":
             return
         observed = images[~np.isnan(images)]
-        if self.leaf == "bernoulli":
+        if leaf == "bernoulli":
             if not np.isin(observed, (0.0, 1.0)).all():
                 raise ValueError("leaf='bernoulli' needs X to hold only 0, 1 (or NaN for "
                                  "missing values)")
@@ -132,11 +140,11 @@ class GenerativeDGCSPN(BaseDGCSPN):
         self._setup_distribution(images)
         self.seed_ = int(self._rng.randint(0, 2**31 - 1))
         self._check_network_size(len(images))
+        self._remember_architecture()  # before scaling, which depends on the leaf
         self._fit_scaler(images)
         z, _, _ = self._scale(images)
         with self._distribution_scope():
             self._network = self._make_network(z)
-        self._remember_architecture()
         self._learner = self._make_learner(online)
         self._ops = self._make_ops()
         self.history_ = []
