@@ -469,7 +469,14 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
         Adam step size (``learning='gradient'`` only).
     tol : float or None, default=0.1
         Stop when the train log-likelihood per sample changes by less than this between
-        epochs. ``None`` runs all epochs.
+        epochs. ``None`` runs all epochs. EM settles in a few epochs; Adam
+        (``learning='gradient'``) gains slowly and steadily, by an amount per epoch that
+        grows with the steps per epoch (``n_samples / batch_size``) and ``learning_rate``.
+        On 500 rows of 6 categorical features it gained 0.08 per epoch, so the default
+        stopped it after 2 epochs, 2.1 below what 100 epochs reached; on 1400 digits it
+        was still gaining 4 per epoch after the default 15 epochs. Check ``history_``; for
+        gradient training set ``tol=None`` and more ``max_epochs``, or a larger
+        ``learning_rate``.
     standardize : {'feature', 'sample'} or None, default='feature'
         ``'feature'``: per-feature mean and standard deviation (scores stay densities of
         X); ``'sample'``: per-image (one mean and scale over all pixels and colour
@@ -500,6 +507,8 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
         Mean train log-likelihood per epoch.
     n_iter_ : int
     converged_ : bool
+        Whether ``tol`` stopped the training (the change between the last two epochs was
+        below it).
     network_weights_ : list of ndarray
         The network's parameters (leaf parameters, then sum accumulators).
     feature_mean_, feature_scale_ : ndarray of shape (H, W, C)
