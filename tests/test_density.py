@@ -146,6 +146,39 @@ def test_categorical_leaf():
         DGCSPNDensityEstimator(leaf="categorical").fit(X_ids)
 
 
+@pytest.mark.parametrize("n_networks", [1, 2])
+def test_declared_categories(n_networks):
+    small = dict(max_epochs=1, sum_channels=4, random_state=0)
+    rng = np.random.RandomState(0)
+    X = rng.randint(0, 3, size=(100, 4)).astype(float)
+    rare = X[:5].copy()
+    rare[0, 0] = 3  # a code the first batch of the stream does not hold
+    inferred = DGCSPNImputer(leaf="categorical", n_networks=n_networks, **small).partial_fit(X)
+    with pytest.raises(ValueError, match="categories 0..2 .*declare all codes with "
+                                         "n_categories"):
+        inferred.partial_fit(rare)
+    declared = DGCSPNImputer(leaf="categorical", n_categories=4, n_networks=n_networks,
+                             **small).partial_fit(X)
+    assert declared.n_categories_ == 4
+    declared.partial_fit(rare)
+    missing = rare.copy()
+    missing[:, 1:] = np.nan
+    assert set(np.unique(declared.transform(missing))) <= {0.0, 1.0, 2.0, 3.0}
+    # A code beyond the declared ones, and a changed count for training on, are refused.
+    with pytest.raises(ValueError, match="X holds category 3, but n_categories=3"):
+        DGCSPNImputer(leaf="categorical", n_categories=3, **small).fit(rare)
+    with pytest.raises(ValueError, match="n_categories changed by set_params"):
+        declared.set_params(n_categories=5).partial_fit(X)
+    declared.set_params(n_categories=None).partial_fit(X)  # None: the fitted count
+    # The unseen code is a proper category of a normalised distribution.
+    est = DGCSPNDensityEstimator(leaf="categorical", n_categories=4, image_shape=(1, 3),
+                                 **small).fit(X[:, :3])
+    states = np.array(list(itertools.product(range(4), repeat=3)), dtype=float)
+    probs = np.exp(est.score_samples(states))
+    assert probs.sum() == pytest.approx(1.0, abs=1e-4)
+    assert probs[(states == 3).any(axis=1)].sum() > 0
+
+
 def test_categorical_leaves_cover_more_categories_than_components():
     # EM keeps the leaves fixed, so every category needs a component that makes it
     # probable: codes 0..7 with 4 components once kept codes 4..7 at 1.4 % each and never

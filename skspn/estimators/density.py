@@ -9,7 +9,7 @@ from numbers import Integral
 import numpy as np
 from sklearn.base import DensityMixin, _fit_context
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import StrOptions
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._base import (BaseDGCSPN, _caller_stacklevel, _images_from_list, _is_unfitted,
                     _unfitted_if_it_fails)
@@ -25,14 +25,16 @@ class GenerativeDGCSPN(BaseDGCSPN):
     _parameter_constraints: dict = {
         **BaseDGCSPN._parameter_constraints,
         "leaf": [StrOptions({"normal", "bernoulli", "categorical"})],
+        "n_categories": [None, Interval(Integral, 2, MAX_CATEGORIES, closed="both")],
         "first_product": [StrOptions({"one_hot", "depthwise"})],
         "learning": [StrOptions({"hard_em_unweighted", "hard_em", "soft_em", "gradient"})],
         "em_update": [StrOptions({"epoch", "online"})],
     }
 
     def __init__(self, *, image_shape=None, depth="auto", sum_channels=16, n_components=4,
-                 leaf="normal", kernel_size=2, first_product="one_hot", n_nonoverlapping=0,
-                 learning="hard_em_unweighted", em_update="epoch", max_epochs=15, batch_size=128,
+                 leaf="normal", n_categories=None, kernel_size=2, first_product="one_hot",
+                 n_nonoverlapping=0, learning="hard_em_unweighted", em_update="epoch",
+                 max_epochs=15, batch_size=128,
                  learning_rate=1e-2, tol=0.1, standardize="feature", leaf_scale=1.0,
                  random_state=None, verbose=0):
         self.image_shape = image_shape
@@ -40,6 +42,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
         self.sum_channels = sum_channels
         self.n_components = n_components
         self.leaf = leaf
+        self.n_categories = n_categories
         self.kernel_size = kernel_size
         self.first_product = first_product
         self.n_nonoverlapping = n_nonoverlapping
@@ -65,6 +68,16 @@ class GenerativeDGCSPN(BaseDGCSPN):
     def _standardize_mode(self):
         return None if self._fitted_leaf() != "normal" else self.standardize
 
+    _architecture_parameters = BaseDGCSPN._architecture_parameters + ("n_categories",)
+
+    def _architecture(self):
+        architecture = super()._architecture()
+        if self.leaf == "categorical":
+            # None takes the fitted count, so only a different declared count differs.
+            architecture["n_categories"] = (self.n_categories if self.n_categories is not None
+                                            else getattr(self, "n_categories_", None))
+        return architecture
+
     def _check_values(self, images, reset):
         """Discrete leaves need 0/1 (Bernoulli) or integer category codes (Categorical)."""
         leaf = self.leaf if reset else self._fitted_leaf()
@@ -79,17 +92,29 @@ class GenerativeDGCSPN(BaseDGCSPN):
         if (observed < 0).any() or (observed != np.round(observed)).any():
             raise ValueError("leaf='categorical' needs X to hold non-negative integer "
                              "category codes (or NaN for missing values)")
+        largest = int(observed.max(initial=0))
         if reset:
-            n_categories = int(max(observed.max(initial=0) + 1, 2))
-            if n_categories > MAX_CATEGORIES:
+            if self.n_categories is not None:
+                if largest >= self.n_categories:
+                    raise ValueError(f"X holds category {largest}, but n_categories="
+                                     f"{self.n_categories} allows the codes 0.."
+                                     f"{self.n_categories - 1}")
+                self.n_categories_ = self.n_categories
+                return
+            if largest >= MAX_CATEGORIES:
                 raise ValueError(
                     f"leaf='categorical' reads X as category codes 0..n-1 and holds up to "
-                    f"{MAX_CATEGORIES} categories; X holds code {int(observed.max())} "
+                    f"{MAX_CATEGORIES} categories; X holds code {largest} "
                     "(re-encode sparse identifiers, e.g. with OrdinalEncoder)")
-            self.n_categories_ = n_categories
-        elif observed.size and observed.max() >= self.n_categories_:
-            raise ValueError(f"X holds category {int(observed.max())}, but the estimator was "
-                             f"fitted with categories 0..{self.n_categories_ - 1}")
+            self.n_categories_ = max(largest + 1, 2)
+        elif largest >= self.n_categories_:
+            inferred = getattr(self, "_fitted_parameters", {}).get("n_categories") is None
+            raise ValueError(
+                f"X holds category {largest}, but the estimator was fitted with the "
+                f"categories 0..{self.n_categories_ - 1}" + (
+                    " (those in its training data: declare all codes with n_categories, "
+                    "e.g. for a stream of partial_fit batches or a split that may miss "
+                    "rare codes)" if inferred else ""))
 
     def _prepare(self, X, reset):
         images = self._validate_input(X, reset=reset)
@@ -447,6 +472,11 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
         standardisation. With fewer components than categories, neighbouring codes share
         a component, their proportions fixed at each pixel's training frequencies (EM
         learns only the sums): ``n_components >= n`` gives every category its own.
+    n_categories : int or None, default=None
+        ``leaf='categorical'`` only: the number of category codes, 0..n_categories-1 (at
+        most 256). ``None`` takes the largest code in the training data (of the first
+        ``partial_fit`` batch) plus one; later data with a larger code is then refused, so
+        declare it for streams and for splits that may miss rare codes.
     kernel_size : int or (int, int), default=2
         Product kernel, the same along both axes or (height, width), e.g. ``(2, 4)``
         for wide images (axes of one cell use 1).
@@ -516,6 +546,8 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
     typical_mean_, typical_scale_ : float
         Median per-sample mean and standard deviation of the training rows, for the rows
         that ``standardize='sample'`` cannot scale by their own values.
+    n_categories_ : int
+        The number of category codes the leaves hold (``leaf='categorical'`` only).
 
     Notes
     -----

@@ -83,13 +83,13 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         ``n_networks`` times as much.
     **other parameters
         As ``DGCSPNDensityEstimator``: ``image_shape``, ``depth``, ``sum_channels``,
-        ``n_components``, ``leaf``, ``kernel_size``, ``first_product``,
+        ``n_components``, ``leaf``, ``n_categories``, ``kernel_size``, ``first_product``,
         ``n_nonoverlapping``, ``learning``, ``em_update``, ``max_epochs``, ``batch_size``,
         ``learning_rate``, ``tol``, ``leaf_scale``, ``random_state``, ``verbose``.
 
     Attributes
     ----------
-    image_shape_, n_features_in_, feature_names_in_, network_weights_ :
+    image_shape_, n_features_in_, feature_names_in_, network_weights_, n_categories_ :
         See ``DGCSPNDensityEstimator`` (``network_weights_`` only when ``n_networks=1``).
     feature_mean_, feature_scale_, typical_mean_, typical_scale_ :
         Standardisation statistics, see ``DGCSPNDensityEstimator``.
@@ -135,12 +135,14 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
 
     def __init__(self, *, missing_values=np.nan, completion="marginal", n_networks=1,
                  min_value=-np.inf, max_value=np.inf, add_indicator=False, image_shape=None,
-                 depth="auto", sum_channels=16, n_components=4, leaf="normal", kernel_size=2,
+                 depth="auto", sum_channels=16, n_components=4, leaf="normal",
+                 n_categories=None, kernel_size=2,
                  first_product="one_hot", n_nonoverlapping=0, learning="hard_em_unweighted",
                  em_update="epoch", max_epochs=15, batch_size=128, learning_rate=1e-2, tol=0.1,
                  standardize="sample", leaf_scale=1.0, random_state=None, verbose=0):
         super().__init__(image_shape=image_shape, depth=depth, sum_channels=sum_channels,
-                         n_components=n_components, leaf=leaf, kernel_size=kernel_size,
+                         n_components=n_components, leaf=leaf, n_categories=n_categories,
+                         kernel_size=kernel_size,
                          first_product=first_product, n_nonoverlapping=n_nonoverlapping,
                          learning=learning, em_update=em_update, max_epochs=max_epochs,
                          batch_size=batch_size,
