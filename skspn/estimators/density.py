@@ -347,9 +347,11 @@ class GenerativeDGCSPN(BaseDGCSPN):
         method : {'marginal', 'mpe', 'sample'}
             ``'marginal'``: posterior-weighted component modes per missing value (the
             paper's inpainting; with discrete leaves, the most probable value of each
-            missing entry's posterior marginal); ``'mpe'``: the max-product (MPE) completion;
-            ``'sample'``: a draw from the conditional distribution given the observed
-            entries.
+            missing entry's posterior marginal); ``'mpe'``: the max-product (MPE) completion,
+            the completion of the most probable induced tree (the usual MPE approximation
+            of SPNs, exact for selective networks; a sum over several trees can make
+            another completion more probable); ``'sample'``: a draw from the conditional
+            distribution given the observed entries.
         random_state : int, RandomState or None
             Randomness of ``method='sample'`` (the MPE is deterministic).
 

@@ -37,7 +37,8 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         its marker.
     completion : {'marginal', 'mpe'}, default='marginal'
         ``'marginal'``: posterior-weighted component modes (the paper's inpainting);
-        ``'mpe'``: the max-product (MPE) completion.
+        ``'mpe'``: the max-product (MPE) completion (see ``impute``; approximate: not
+        always the most probable completion).
     standardize : {'sample', 'feature'} or None, default='sample'
         Per-image standardisation from the observed entries (as the paper), per-feature,
         or none. ``'sample'`` suits images, whose pixels share one unit; for tabular
