@@ -1,6 +1,7 @@
 """The scikit-learn contract beyond check_estimator: composition, persistence,
 determinism, progress output, pandas, bad input and numerical robustness."""
 
+import gc
 import os
 import pickle
 import pickletools
@@ -183,6 +184,42 @@ def test_architecture_changed_after_fit(digits):
     ensemble = DGCSPNImputer(**SMALL, n_networks=2).fit(X)
     with pytest.raises(ValueError, match="sum_channels changed by set_params"):
         ensemble.set_params(sum_channels=8).partial_fit(X)
+
+
+def test_dropped_models_release_their_tensorflow_graphs(digits):
+    from skspn.core.learning import _gradient_registry
+
+    # TensorFlow keeps the gradient function of every traced tf.custom_gradient, and with
+    # it the graph, in a global registry: each fit, grid-search candidate or unpickled
+    # model held 3-10 MiB until the process ended.
+    registry = _gradient_registry()
+    assert registry is not None, "TensorFlow's gradient registry moved: check for the leak"
+    X, y = digits
+    X_missing = X[:5].copy()
+    X_missing[:, 32:] = np.nan
+    kept = DGCSPNClassifier(**SMALL_CLF).fit(X[:100], y[:100])
+    kept_density = DGCSPNDensityEstimator(**SMALL).fit(X[:100])
+
+    def fits_and_queries():
+        clf = DGCSPNClassifier(**SMALL_CLF).fit(X[:100], y[:100])
+        pickle.loads(pickle.dumps(clf)).predict_proba(X_missing)
+        est = DGCSPNDensityEstimator(**SMALL).fit(X[:100])
+        for method in ("marginal", "mpe", "sample"):
+            est.impute(X_missing, method=method)
+        est.partial_fit(X[:100])
+        DGCSPNImputer(**SMALL, n_networks=2).fit(X[:100]).transform(X_missing)
+
+    fits_and_queries()
+    gc.collect()
+    n_registered = len(registry)
+    fits_and_queries()
+    gc.collect()
+    assert len(registry) == n_registered
+    # The models still alive keep theirs: they still query and train (tracing anew).
+    kept.partial_fit(X[100:200], y[100:200])
+    assert kept.predict_proba(X_missing).shape == (5, 10)
+    kept_density.partial_fit(X[100:200])
+    assert np.isfinite(kept_density.impute(X_missing)).all()
 
 
 @pytest.mark.parametrize("n_networks", [1, 2])

@@ -19,9 +19,11 @@ plain ``tf.Variable``s that can be exported to numpy and restored exactly.
 from __future__ import annotations
 
 import functools
+import weakref
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework import ops as _tf_ops  # the gradient registry, see below
 
 from .distribute import DataParallel
 from .network import DGCSPN
@@ -77,7 +79,7 @@ class EMLearner:
             self.pending = [tf.Variable(tf.zeros_like(layer.accumulator), trainable=False)
                             for layer in network.weight_layers]
         spec = [_image_spec(network), tf.TensorSpec([None], tf.float32), _SEED]
-        self._step = _compiled(self._step_impl, spec, jit_compile)
+        self._step = _compiled(self._step_impl, spec, jit_compile, network)
 
     def _batch_counts(self, x, weight, sample_index, seed):
         """Counts, ``sum weight * log p(x)`` and ``sum weight`` of one (shard of a) batch."""
@@ -175,8 +177,8 @@ class GradientLearner:
             self._masks = _compiled(
                 lambda seed, sample_index: network.dropout_masks(
                     seed, sample_index, self.product_dropout, self.input_dropout),
-                [_SEED, tf.TensorSpec([None], tf.int32)], jit_compile)
-        self._step = _compiled(self._step_impl, spec, jit_compile)
+                [_SEED, tf.TensorSpec([None], tf.int32)], jit_compile, network)
+        self._step = _compiled(self._step_impl, spec, jit_compile, network)
 
     def _summed_loss(self, x, y, weight, sample_index, seed, keep_masks=None):
         net = self.network
@@ -224,27 +226,77 @@ class GradientLearner:
         return float(self._step(x, y, weight, seed))
 
 
-def _compiled(fn, input_signature, jit_compile):
-    """``tf.function`` without AutoGraph: the network's control flow is plain Python over
-    layers, so conversion only added tracing time (about a third of a small network's
-    fit, where tracing dominates).
+def _compiled(fn, input_signature, jit_compile, network):
+    """``tf.function`` without AutoGraph of ``fn``, a query or step on ``network``: the
+    network's control flow is plain Python over layers, so conversion only added tracing
+    time (about a third of a small network's fit, where tracing dominates).
 
     ``fn`` goes in as a ``functools.partial``: TensorFlow's frequent-retracing warning
     counts traces per Python code object, so every network's first trace of the same
     method (several networks in one process: an ensemble, a grid search) counted as one
     function retracing and printed a spurious warning. A partial has no code object and
     gets a count of its own; a function that really retraces still warns.
+
+    Each trace's gradient registrations are released with ``network`` (see
+    ``_release_with``).
     """
+    traced = functools.partial(_tracing_for, network, fn)
     if jit_compile:
-        return tf.function(functools.partial(_trace_for_xla, fn),
+        return tf.function(functools.partial(_trace_for_xla, traced),
                            input_signature=input_signature, jit_compile=True, autograph=False)
-    return tf.function(functools.partial(fn), input_signature=input_signature,
-                       jit_compile=False, autograph=False)
+    return tf.function(traced, input_signature=input_signature, jit_compile=False,
+                       autograph=False)
 
 
 def _trace_for_xla(fn, *args):
     with traced_for_xla():
         return fn(*args)
+
+
+# Every tf.custom_gradient traced in a graph registers its gradient function in
+# TensorFlow's global registry under a new name ("CustomGradient-<uid>") and never removes
+# it; the entry holds the traced graph. Each network traces its own functions, so every
+# fit, grid-search candidate or unpickled model kept 3-10 MiB for the life of the process
+# (80 small fits: +600 MiB). The names registered while tracing a network's functions are
+# removed when the network is garbage-collected: then nothing can differentiate its graphs
+# any more. Without the (private) registry, as in a future TensorFlow, this does nothing.
+_REGISTERED_BY = weakref.WeakKeyDictionary()  # network -> names of its registrations
+
+
+def _gradient_registry():
+    registry = getattr(getattr(_tf_ops, "_gradient_registry", None), "_registry", None)
+    return registry if isinstance(registry, dict) else None
+
+
+def _tracing_for(network, fn, *args):
+    """``fn(*args)``, remembering the gradient functions it registers for ``network``."""
+    registry = _gradient_registry()
+    if registry is None or tf.executing_eagerly():  # eager custom gradients register none
+        return fn(*args)
+    before = set(registry)
+    try:
+        return fn(*args)
+    finally:
+        added = [name for name in registry
+                 if name not in before and name.startswith("CustomGradient-")]
+        if added:
+            _release_with(network).extend(added)
+
+
+def _release_with(network):
+    """The list of registered gradient names that are removed when ``network`` is."""
+    names = _REGISTERED_BY.get(network)
+    if names is None:
+        names = _REGISTERED_BY[network] = []
+        weakref.finalize(network, _unregister, names)  # holds the list, not the network
+    return names
+
+
+def _unregister(names):
+    registry = _gradient_registry()
+    if registry is not None:
+        for name in names:
+            registry.pop(name, None)  # a nested trace may have listed it twice
 
 
 def _data_parallel(strategy, jit_compile, network):
@@ -261,19 +313,19 @@ class CompiledOps:
     def __init__(self, network: DGCSPN, jit_compile=JIT_COMPILE):
         self.network = network
         img = _image_spec(network)
-        self.log_likelihood = _compiled(network.log_likelihood, [img], jit_compile)
+        self.log_likelihood = _compiled(network.log_likelihood, [img], jit_compile, network)
         if network.n_classes:
             self.joint_log_likelihood = _compiled(network.joint_log_likelihood, [img],
-                                                  jit_compile)
+                                                  jit_compile, network)
         index = tf.TensorSpec([None], tf.int32)
         self._complete = {
             m: _compiled(lambda x, seed, sample_index, m=m: network.complete(
-                x, m, seed, sample_index), [img, _SEED, index], jit_compile)
+                x, m, seed, sample_index), [img, _SEED, index], jit_compile, network)
             for m in ("marginal", "mpe", "sample")}
         self.leaf_posterior = _compiled(lambda x: network.leaf_signal(x, "soft")[0], [img],
-                                        jit_compile)
+                                        jit_compile, network)
         if network.leaf.discrete:
-            self.predictive = _compiled(network.predictive, [img], jit_compile)
+            self.predictive = _compiled(network.predictive, [img], jit_compile, network)
 
     def complete(self, x, method="marginal", seed=None, first_index=0):
         """``network.complete`` on batch ``x`` whose rows are samples ``first_index, ...``
