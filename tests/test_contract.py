@@ -486,6 +486,12 @@ def test_odd_inputs_get_clear_answers(digits):
     # A NaN class was accepted and got a share of the probability.
     with pytest.raises(ValueError, match="classes: Input y contains NaN"):
         DGCSPNClassifier(**SMALL_CLF).partial_fit(X[:60], y[:60] % 2, classes=[0, 1, np.nan])
+    # A NaN label: the error alone (as LogisticRegression), without a cast warning first.
+    y_nan = np.where(np.arange(60) == 5, np.nan, y[:60])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="Input y contains NaN"):
+            DGCSPNClassifier(**SMALL_CLF).fit(X[:60], y_nan)
     # Per-row standardisation of one or two features leaves little.
     with pytest.warns(UserWarning, match="with 2 it removes most of the information"):
         DGCSPNImputer(**SMALL).fit(X[:60, 20:22])

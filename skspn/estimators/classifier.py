@@ -10,7 +10,7 @@ import numpy as np
 from scipy.special import log_softmax, logsumexp
 from sklearn.base import ClassifierMixin, _fit_context
 from sklearn.model_selection import train_test_split
-from sklearn.utils import check_random_state
+from sklearn.utils import assert_all_finite, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, column_or_1d
@@ -229,6 +229,8 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         y = column_or_1d(y, warn=True)
         if len(y) != n_samples:
             raise ValueError(f"X has {n_samples} samples but y has {len(y)}")
+        if y.dtype.kind == "f":  # before the target check, which casts NaN to int (warning)
+            assert_all_finite(y, input_name="y")
         check_classification_targets(y)
         return y
 
