@@ -1053,3 +1053,55 @@ def test_which_layers_compile():
     assert all(flag == (cells >= products.XLA_MIN_CELLS) for cells, flag in layers)
     assert any(flag and cells < 256 for cells, flag in layers)
     assert not any(flag for _, flag in compiled((8, 8), 0))  # 81-cell layers, 64 pixels
+
+
+@pytest.mark.slow
+def test_gradient_registrations_are_released_safely_across_threads():
+    import functools
+    import sys
+    import threading
+
+    from skspn.core import learning
+
+    # The registrations of a trace are told apart by comparing TensorFlow's gradient
+    # registry before and after it. Unserialised, a trace in one thread booked another
+    # thread's registration, and released it with its own owner while the other trace
+    # still needed it (LookupError: No gradient defined for operation 'IdentityN'), or
+    # failed iterating the registry while it changed.
+    class Owner:
+        pass
+
+    def traced(x):
+        @tf.custom_gradient
+        def double(x):
+            return 2.0 * x, lambda g: 2.0 * g
+
+        y = double(x)
+        for _ in range(100):  # time between registering and differentiating
+            y = y + 1.0
+        return tf.gradients(y, x)[0]
+
+    errors = []
+
+    def work():
+        for _ in range(60):
+            # The owner lives as long as the function (as a network as long as its ops).
+            fn = tf.function(functools.partial(learning._tracing_for, Owner(), traced),
+                             autograph=False)
+            try:
+                fn.get_concrete_function(tf.TensorSpec([None], tf.float32))
+            except Exception as exc:
+                errors.append(exc)
+            del fn
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[:3]

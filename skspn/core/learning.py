@@ -18,7 +18,9 @@ plain ``tf.Variable``s that can be exported to numpy and restored exactly.
 
 from __future__ import annotations
 
+import collections
 import functools
+import threading
 import weakref
 
 import numpy as np
@@ -237,8 +239,8 @@ def _compiled(fn, input_signature, jit_compile, network):
     function retracing and printed a spurious warning. A partial has no code object and
     gets a count of its own; a function that really retraces still warns.
 
-    Each trace's gradient registrations are released with ``network`` (see
-    ``_release_with``).
+    Each trace's gradient registrations are released after ``network`` (see
+    ``_tracing_for``).
     """
     traced = functools.partial(_tracing_for, network, fn)
     if jit_compile:
@@ -258,9 +260,19 @@ def _trace_for_xla(fn, *args):
 # it; the entry holds the traced graph. Each network traces its own functions, so every
 # fit, grid-search candidate or unpickled model kept 3-10 MiB for the life of the process
 # (80 small fits: +600 MiB). The names registered while tracing a network's functions are
-# removed when the network is garbage-collected: then nothing can differentiate its graphs
-# any more. Without the (private) registry, as in a future TensorFlow, this does nothing.
+# removed after the network is garbage-collected, and with it the functions that traced
+# them (a concrete function taken out of them by hand would lose its gradients). Without
+# the (private) registry, as in a future TensorFlow, this does nothing.
+#
+# Threads: the names are told apart by comparing the registry before and after a trace,
+# so traces hold _TRACING (serialising them; tracing is Python under the GIL anyway) and
+# no other thread's registration is booked to this network. A finalizer runs wherever the
+# garbage collector does, possibly inside another thread's trace: it must neither block
+# nor change the registry then, so it only queues the names, and the next trace removes
+# them under the lock.
+_TRACING = threading.RLock()
 _REGISTERED_BY = weakref.WeakKeyDictionary()  # network -> names of its registrations
+_RELEASED = collections.deque()  # names of collected networks, to be removed
 
 
 def _gradient_registry():
@@ -273,30 +285,22 @@ def _tracing_for(network, fn, *args):
     registry = _gradient_registry()
     if registry is None or tf.executing_eagerly():  # eager custom gradients register none
         return fn(*args)
-    before = set(registry)
-    try:
-        return fn(*args)
-    finally:
-        added = [name for name in registry
-                 if name not in before and name.startswith("CustomGradient-")]
-        if added:
-            _release_with(network).extend(added)
-
-
-def _release_with(network):
-    """The list of registered gradient names that are removed when ``network`` is."""
-    names = _REGISTERED_BY.get(network)
-    if names is None:
-        names = _REGISTERED_BY[network] = []
-        weakref.finalize(network, _unregister, names)  # holds the list, not the network
-    return names
-
-
-def _unregister(names):
-    registry = _gradient_registry()
-    if registry is not None:
-        for name in names:
-            registry.pop(name, None)  # a nested trace may have listed it twice
+    with _TRACING:
+        while _RELEASED:
+            registry.pop(_RELEASED.popleft(), None)  # a nested trace may list one twice
+        before = set(registry)  # one C-level pass: no finalizer or thread runs within
+        try:
+            return fn(*args)
+        finally:
+            added = [name for name in set(registry) - before
+                     if name.startswith("CustomGradient-")]
+            if added:
+                names = _REGISTERED_BY.get(network)
+                if names is None:
+                    names = _REGISTERED_BY[network] = []
+                    # Holds the list, not the network.
+                    weakref.finalize(network, _RELEASED.extend, names)
+                names.extend(added)
 
 
 def _data_parallel(strategy, jit_compile, network):
