@@ -186,6 +186,73 @@ def test_architecture_changed_after_fit(digits):
         ensemble.set_params(sum_channels=8).partial_fit(X)
 
 
+def test_interrupted_first_query_of_an_unpickled_model(digits, monkeypatch):
+    from skspn.core.network import DGCSPN
+
+    X, y = digits
+    for model, query in ((DGCSPNClassifier(**SMALL_CLF).fit(X[:200], y[:200]),
+                          "predict_proba"),
+                         (DGCSPNImputer(**SMALL).fit(X[:200]), "score_samples")):
+        blob = pickle.dumps(model)
+        expected = getattr(pickle.loads(blob), query)(X[200:220])
+        unpickled = pickle.loads(blob)
+        set_weights = DGCSPN.set_weights
+
+        def interrupted(network, weights):  # Ctrl-C while the weights are being loaded
+            monkeypatch.setattr(DGCSPN, "set_weights", set_weights)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(DGCSPN, "set_weights", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            getattr(unpickled, query)(X[200:220])
+        # The network with its initial weights was kept, answered every later query and
+        # was pickled.
+        assert np.array_equal(getattr(unpickled, query)(X[200:220]), expected)
+        assert np.array_equal(getattr(pickle.loads(pickle.dumps(unpickled)), query)(X[200:220]),
+                              expected)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: DGCSPNClassifier(**SMALL_CLF, batch_size=16),
+    lambda: DGCSPNDensityEstimator(**SMALL, batch_size=16),
+    lambda: DGCSPNDensityEstimator(**SMALL, batch_size=16, learning="gradient"),
+    lambda: DGCSPNImputer(**SMALL, batch_size=16, n_networks=2),
+])
+def test_interrupted_partial_fit_keeps_the_model(digits, make, monkeypatch):
+    from skspn.core import learning
+
+    X, y = digits
+    model = make()
+    is_classifier = isinstance(model, DGCSPNClassifier)
+    args = (X[:200], y[:200]) if is_classifier else (X[:200],)
+    model.partial_fit(*args, **({"classes": np.unique(y)} if is_classifier else {}))
+    expected = pickle.loads(pickle.dumps(model))
+    query = "predict_proba" if is_classifier else "score_samples"
+    # Ctrl-C in the middle of the pass (the imputer's: in its second network, after the
+    # first one was updated).
+    learner = learning.GradientLearner if is_classifier or model.learning == "gradient" \
+        else learning.EMLearner
+    step, calls = learner.step, []
+
+    def interrupted(self, *step_args, **step_kwargs):
+        calls.append(1)
+        if len(calls) == (20 if isinstance(model, DGCSPNImputer) else 5):
+            raise KeyboardInterrupt
+        return step(self, *step_args, **step_kwargs)
+
+    monkeypatch.setattr(learner, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        model.partial_fit(*args)
+    monkeypatch.setattr(learner, "step", step)
+    # The live network had taken the first batches: queries and pickles disagreed with
+    # network_weights_ and history_.
+    assert model.n_iter_ == expected.n_iter_ and model.history_ == expected.history_
+    for fitted in (model, pickle.loads(pickle.dumps(model))):
+        assert np.array_equal(getattr(fitted, query)(X[200:220]),
+                              getattr(expected, query)(X[200:220]))
+    model.partial_fit(*args)  # and it trains on
+
+
 def test_dropped_models_release_their_tensorflow_graphs(digits):
     from skspn.core.learning import _gradient_registry
 

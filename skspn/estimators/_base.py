@@ -127,19 +127,25 @@ def _images_from_list(X):
 
 def _unfitted_if_it_fails(starts_over):
     """Decorate a fit method: if ``starts_over(self)`` (evaluated before the call) and the
-    fit raises, the estimator is left unfitted. A fit that starts over replaces the
-    fitted state piece by piece (feature count, statistics, network), so a failure midway
-    left a mix of the old model and the new data's statistics, which answered silently
-    wrong or failed inside TensorFlow."""
+    fit raises, the estimator is left unfitted; if it continues a fitted model
+    (``partial_fit``, warm start), that model is kept. A fit that starts over replaces
+    the fitted state piece by piece (feature count, statistics, network), so a failure
+    midway left a mix of the old model and the new data's statistics, which answered
+    silently wrong or failed inside TensorFlow; a continued one updates the live network
+    batch by batch, so an interrupted one served weights that ``network_weights_`` and
+    ``history_`` knew nothing of."""
     def decorate(method):
         @functools.wraps(method)
         def wrapper(self, *args, **kwargs):
             fresh = starts_over(self)
+            kept = None if fresh else self._fitted_state()
             try:
                 return method(self, *args, **kwargs)
             except BaseException:  # an interrupted fit (Ctrl-C) is a failed one too
                 if fresh:
                     self._forget_fit()
+                else:
+                    self._restore_fitted_state(kept)
                 raise
         return wrapper
     return decorate
@@ -589,11 +595,15 @@ class BaseDGCSPN(BaseEstimator):
         Built with the parameters it was fitted with, so that queries of an unpickled
         estimator answer as the live one does after a set_params (with the fitted model).
         """
-        self._strategy = strategy
-        with self._as_fitted(), self._distribution_scope():
-            self._network = self._make_network()
-            self._network.set_weights(self.network_weights_)
-        self._ops, self._learner = None, None
+        from ..core.distribute import scope
+
+        with self._as_fitted(), scope(strategy):
+            network = self._make_network()
+            network.set_weights(self.network_weights_)
+        # Stored only once it holds the fitted weights: a build interrupted between the two
+        # (Ctrl-C in the first query of an unpickled model) left a network with its initial
+        # weights, which every later query, and the next pickle, then used.
+        self._network, self._strategy, self._ops, self._learner = network, strategy, None, None
 
     def _training_runtime(self, **learner_kwargs):
         """Network and learner to continue training (warm start, ``partial_fit``).
@@ -657,9 +667,35 @@ class BaseDGCSPN(BaseEstimator):
     def _get_ops(self):
         """Compiled inference ops (built with the network; rebuilt after unpickling)."""
         self._runtime()
-        if getattr(self, "_ops", None) is None:
-            self._ops = self._make_ops()
-        return self._ops
+        ops = getattr(self, "_ops", None)
+        if ops is None:
+            ops = self._ops = self._make_ops()
+        return ops
+
+    def _fitted_state(self):
+        """The fitted attributes (lists copied: epochs append to them) and, for an
+        ensemble, those of its networks; what ``_restore_fitted_state`` puts back."""
+        attributes = {name: list(value) if isinstance(value, list) else value
+                      for name, value in vars(self).items()
+                      if name.endswith("_") and not name.startswith("__")}
+        return attributes, [e._fitted_state() for e in attributes.get("estimators_", [])]
+
+    def _restore_fitted_state(self, state):
+        """Back to ``state`` after a failed continued fit; the runtime is rebuilt from
+        ``network_weights_`` on demand."""
+        attributes, networks = state
+        for estimator, network_state in zip(attributes.get("estimators_", []), networks):
+            estimator._restore_fitted_state(network_state)
+        learner = getattr(self, "_learner", None)
+        if learner is not None and hasattr(learner, "optimizer"):
+            # Adam's moments as they are (copying them before every call would cost more
+            # than a small partial_fit): optimiser internals, not the model.
+            self._optimizer_state = learner.optimizer.get_state()
+        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
+            delattr(self, name)
+        self.__dict__.update(attributes)
+        for name in self._runtime_attributes:
+            self.__dict__.pop(name, None)
 
     def _forget_fit(self):
         """Drop all fitted state (trailing-underscore attributes and the runtime)."""
