@@ -305,14 +305,18 @@ def test_leaf_changed_after_fit(n_networks):
         assert np.array_equal(imputer.score_samples(codes[:4]), scores)
         assert np.array_equal(imputer.impute(query), completed)
         assert np.array_equal(pickle.loads(pickle.dumps(imputer)).impute(query), completed)
-    with pytest.raises(ValueError, match="leaf changed by set_params"):
+    with pytest.raises(ValueError, match="leaf / n_categories changed by set_params"):
         imputer.partial_fit(codes)
     binary = DGCSPNDensityEstimator(**SMALL, leaf="bernoulli").fit(codes > 0)
     scores = binary.score_samples(codes[:4] > 0)
     binary.set_params(leaf="categorical")  # had no n_categories_ to check codes against
     assert np.array_equal(binary.score_samples(codes[:4] > 0), scores)
-    # A refit takes the new leaf.
+    # Training on with another leaf is refused as such (partial_fit to 'categorical' was a
+    # KeyError), and a refit takes the new leaf, without the old one's n_categories_.
+    with pytest.raises(ValueError, match="^leaf / n_categories changed by set_params"):
+        binary.partial_fit(codes > 0)
     assert binary.fit(codes).n_categories_ == 3
+    assert not hasattr(binary.set_params(leaf="normal").fit(codes), "n_categories_")
 
 
 @pytest.mark.parametrize("make", [lambda s: DGCSPNDensityEstimator(max_epochs=1, sum_channels=4,
@@ -559,6 +563,10 @@ def test_odd_inputs_get_clear_answers(digits):
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match="Input y contains NaN"):
             DGCSPNClassifier(**SMALL_CLF).fit(X[:60], y_nan)
+        labels = y[:60].astype(str).astype(object)
+        labels[5] = np.nan  # was a TypeError comparing NaN with the strings
+        with pytest.raises(ValueError, match="Input contains NaN"):
+            DGCSPNClassifier(**SMALL_CLF).fit(X[:60], labels)
     # Per-row standardisation of one or two features leaves little.
     with pytest.warns(UserWarning, match="with 2 it removes most of the information"):
         DGCSPNImputer(**SMALL).fit(X[:60, 20:22])
@@ -745,6 +753,7 @@ def test_channels_first_images_warn():
     # 1 x 8 strips.
     for X, params in (((rng.random((20, 3, 8, 8))), {}),
                       ((rng.random((20, 1, 8, 8))), {}),
+                      ((rng.random((20, 2, 8, 8))), {}),
                       ((rng.random((20, 192))), {"image_shape": (3, 8, 8)})):
         with pytest.warns(UserWarning, match=r"np.moveaxis\(X, 1, -1\)"):
             est = DGCSPNDensityEstimator(**SMALL, **params).fit(X)
@@ -754,6 +763,10 @@ def test_channels_first_images_warn():
         DGCSPNDensityEstimator(**SMALL).fit(rng.random((20, 8, 8, 3)))
         DGCSPNDensityEstimator(**SMALL).fit(rng.random((20, 4, 6, 3)))
         DGCSPNDensityEstimator(**SMALL).fit(rng.random((20, 64)))
+        # Strips and small images of a few channels (multichannel signals).
+        DGCSPNDensityEstimator(**SMALL).fit(rng.random((20, 1, 50, 6)))
+        DGCSPNDensityEstimator(**SMALL).fit(rng.random((20, 4, 4, 8)))
+        DGCSPNDensityEstimator(**SMALL, image_shape=(1, 32, 6)).fit(rng.random((20, 192)))
 
 
 def test_64x64_full_depth():

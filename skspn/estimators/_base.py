@@ -82,9 +82,11 @@ def _warn_if_channels_first(image_shape):
     """Warn when an (H, W, C) image shape looks like channels-first (C, H, W) data."""
     # PyTorch-style (n, 1, 28, 28) or (n, 3, 32, 32) arrays would otherwise be read as
     # 1 x 28 strips of 28 channels or 3 x 32 images of 32 channels, and fit without error
-    # into a model of the wrong neighbourhoods.
+    # into a model of the wrong neighbourhoods. Only square images are flagged: strips and
+    # small images with a few more channels than 4 (multichannel signals) are channels-last
+    # as often.
     height, width, channels = image_shape
-    if height in (1, 3, 4) and channels > 4:
+    if height <= 4 and width == channels > 4:
         warnings.warn(
             f"images of shape {tuple(image_shape)} are read as (height, width, channels): "
             f"{height} x {width} pixels of {channels} channels each. If the channels come "

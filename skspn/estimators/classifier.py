@@ -229,7 +229,9 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         y = column_or_1d(y, warn=True)
         if len(y) != n_samples:
             raise ValueError(f"X has {n_samples} samples but y has {len(y)}")
-        if y.dtype.kind == "f":  # before the target check, which casts NaN to int (warning)
+        # Before the target check, which casts float NaN to int (a RuntimeWarning) and
+        # compares NaN with strings (TypeError).
+        if y.dtype.kind in "fO":
             assert_all_finite(y, input_name="y")
         check_classification_targets(y)
         return y

@@ -72,15 +72,20 @@ class GenerativeDGCSPN(BaseDGCSPN):
 
     def _architecture(self):
         architecture = super()._architecture()
+        # None takes the fitted count, so only a different declared count differs; other
+        # leaves have none.
+        n_categories = None
         if self.leaf == "categorical":
-            # None takes the fitted count, so only a different declared count differs.
-            architecture["n_categories"] = (self.n_categories if self.n_categories is not None
-                                            else getattr(self, "n_categories_", None))
+            n_categories = (self.n_categories if self.n_categories is not None
+                            else getattr(self, "n_categories_", None))
+        architecture["leaf / n_categories"] = (architecture.pop("leaf"), n_categories)
         return architecture
 
     def _check_values(self, images, reset):
         """Discrete leaves need 0/1 (Bernoulli) or integer category codes (Categorical)."""
         leaf = self.leaf if reset else self._fitted_leaf()
+        if reset:
+            self.__dict__.pop("n_categories_", None)  # a refit with another leaf has none
         if leaf == "normal":
             return
         observed = images[~np.isnan(images)]
@@ -476,9 +481,10 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
         learns only the sums): ``n_components >= n`` gives every category its own.
     n_categories : int or None, default=None
         ``leaf='categorical'`` only: the number of category codes, 0..n_categories-1 (at
-        most 256). ``None`` takes the largest code in the training data (of the first
-        ``partial_fit`` batch) plus one; later data with a larger code is then refused, so
-        declare it for streams and for splits that may miss rare codes.
+        most 256; ignored by the other leaves). ``None`` takes the largest code in the
+        training data (of the first ``partial_fit`` batch) plus one, at least 2; later data
+        with a larger code is then refused, so declare it for streams and for splits that
+        may miss rare codes.
     kernel_size : int or (int, int), default=2
         Product kernel, the same along both axes or (height, width), e.g. ``(2, 4)``
         for wide images (axes of one cell use 1).
