@@ -453,6 +453,10 @@ def test_ensemble_mpe_and_sample_use_the_most_probable_network(imputer_ensemble,
     assert np.array_equal(draws, again)
     samples = imputer_ensemble.sample(7, random_state=0)
     assert samples.shape == (7, 64) and np.isfinite(samples).all()
+    # The first samples of a longer draw are the same samples, as for one network (the
+    # networks' random states depended on how many draws each got).
+    for n in (1, 3, 50):
+        assert np.array_equal(imputer_ensemble.sample(n, random_state=0)[:7], samples[:n])
 
 
 def test_ensemble_follows_standardize_set_after_fit(imputer_ensemble, digits_split):

@@ -353,13 +353,16 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
     def _draw_scaled(self, n_samples, rng, batch_size=None):
         if not hasattr(self, "estimators_"):
             return super()._draw_scaled(n_samples, rng, batch_size)
-        # The uniform mixture: each draw from a network picked uniformly.
+        # The uniform mixture: each draw from a network picked uniformly. Every network
+        # gets a random state of its own first, drawn whether it is picked or not, so that
+        # the first n of n + k samples are the n samples (as for one network).
+        seeds = rng.randint(0, 2**31 - 1, size=len(self.estimators_))
         chosen = rng.randint(len(self.estimators_), size=n_samples)
         out = np.empty((n_samples,) + self.image_shape_, np.float32)
         for m in np.unique(chosen):
             rows = chosen == m
-            out[rows] = self.estimators_[m]._draw_scaled(int(rows.sum()), rng,
-                                                         batch_size or self.batch_size)
+            out[rows] = self.estimators_[m]._draw_scaled(
+                int(rows.sum()), np.random.RandomState(seeds[m]), batch_size or self.batch_size)
         return out
 
     def score_samples(self, X):
