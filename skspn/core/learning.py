@@ -280,14 +280,23 @@ def _gradient_registry():
     return registry if isinstance(registry, dict) else None
 
 
+def _release_collected(registry=None):
+    """Remove the registrations of the networks collected so far (done by every trace)."""
+    registry = _gradient_registry() if registry is None else registry
+    if registry is None:
+        return
+    with _TRACING:
+        while _RELEASED:
+            registry.pop(_RELEASED.popleft(), None)  # a nested trace may list one twice
+
+
 def _tracing_for(network, fn, *args):
     """``fn(*args)``, remembering the gradient functions it registers for ``network``."""
     registry = _gradient_registry()
     if registry is None or tf.executing_eagerly():  # eager custom gradients register none
         return fn(*args)
     with _TRACING:
-        while _RELEASED:
-            registry.pop(_RELEASED.popleft(), None)  # a nested trace may list one twice
+        _release_collected(registry)
         before = set(registry)  # one C-level pass: no finalizer or thread runs within
         try:
             return fn(*args)
