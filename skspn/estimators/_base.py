@@ -576,6 +576,10 @@ class BaseDGCSPN(BaseEstimator):
         finally:
             self.__dict__.update(current)
 
+    def _fitted_parameter(self, name):
+        """The value parameter ``name`` had at fit (its current value before a fit)."""
+        return getattr(self, "_fitted_parameters", {}).get(name, getattr(self, name))
+
     def _check_architecture(self):
         """Refuse to keep training the fitted network after set_params changed its
         architecture (its weights would not fit, or fit silently wrongly)."""
@@ -674,12 +678,22 @@ class BaseDGCSPN(BaseEstimator):
             ops = self._ops = self._make_ops()
         return ops
 
+    def _fitted_attribute_names(self):
+        """The trailing-underscore attributes set by fitting."""
+        return [name for name in vars(self) if name.endswith("_") and not name.startswith("__")]
+
+    def _drop_runtime(self):
+        """Drop the TensorFlow network, learner and ops; ``_runtime`` rebuilds them from
+        ``network_weights_`` on demand."""
+        for name in self._runtime_attributes:
+            self.__dict__.pop(name, None)
+
     def _fitted_state(self):
         """The fitted attributes (lists copied: epochs append to them) and, for an
         ensemble, those of its networks; what ``_restore_fitted_state`` puts back."""
+        attributes = {name: getattr(self, name) for name in self._fitted_attribute_names()}
         attributes = {name: list(value) if isinstance(value, list) else value
-                      for name, value in vars(self).items()
-                      if name.endswith("_") and not name.startswith("__")}
+                      for name, value in attributes.items()}
         return attributes, [e._fitted_state() for e in attributes.get("estimators_", [])]
 
     def _restore_fitted_state(self, state):
@@ -693,28 +707,28 @@ class BaseDGCSPN(BaseEstimator):
             # Adam's moments as they are (copying them before every call would cost more
             # than a small partial_fit): optimiser internals, not the model.
             self._optimizer_state = learner.optimizer.get_state()
-        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
+        for name in self._fitted_attribute_names():
             delattr(self, name)
         self.__dict__.update(attributes)
-        for name in self._runtime_attributes:
-            self.__dict__.pop(name, None)
+        self._drop_runtime()
 
     def _forget_fit(self):
         """Drop all fitted state (trailing-underscore attributes and the runtime)."""
-        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
+        for name in self._fitted_attribute_names():
             delattr(self, name)
-        for name in (*self._runtime_attributes, "_rng", "_optimizer_state",
-                     "_fitted_parameters"):
+        self._drop_runtime()
+        for name in ("_rng", "_optimizer_state", "_fitted_parameters"):
             self.__dict__.pop(name, None)
 
     def _check_finite_training(self, value, name):
         """Raise if an epoch left a non-finite ``value`` (loss or log-likelihood) or
         non-finite weights, instead of returning NaN predictions later. The diverged
-        network is dropped: the estimator keeps its last finite state (if it had one)."""
+        network is dropped, and its learner with it, whose moments are not to be kept
+        (``_restore_fitted_state``): the estimator keeps its last finite state (if it had
+        one)."""
         if np.isfinite(value) and all(np.isfinite(w).all() for w in self._network.get_weights()):
             return
-        for attribute in self._runtime_attributes:
-            self.__dict__.pop(attribute, None)
+        self._drop_runtime()
         hint = (f"lower learning_rate (now {self.learning_rate})"
                 if self._learns_by_gradient() else "check X for extreme values")
         if self._learns_by_gradient() and self._standardize_mode() is None:

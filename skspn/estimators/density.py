@@ -58,15 +58,11 @@ class GenerativeDGCSPN(BaseDGCSPN):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ data checks
-    def _fitted_leaf(self):
-        """The leaf of the fitted network (``leaf`` before the first fit)."""
-        # Queries answer with the fitted model after a set_params(leaf=...), as they do for
-        # the other architecture parameters (_rebuild_network): its data check and scaling
-        # follow the leaf the network has, not the one set since.
-        return getattr(self, "_fitted_parameters", {}).get("leaf", self.leaf)
-
+    # Queries answer with the fitted model after a set_params(leaf=...), as they do for the
+    # other architecture parameters (_rebuild_network): the data check and the scaling
+    # follow the leaf the network has, not the one set since.
     def _standardize_mode(self):
-        return None if self._fitted_leaf() != "normal" else self.standardize
+        return None if self._fitted_parameter("leaf") != "normal" else self.standardize
 
     _architecture_parameters = BaseDGCSPN._architecture_parameters + ("n_categories",)
 
@@ -83,7 +79,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
 
     def _check_values(self, images, reset):
         """Discrete leaves need 0/1 (Bernoulli) or integer category codes (Categorical)."""
-        leaf = self.leaf if reset else self._fitted_leaf()
+        leaf = self.leaf if reset else self._fitted_parameter("leaf")
         if reset:
             self.__dict__.pop("n_categories_", None)  # a refit with another leaf has none
         if leaf == "normal":
@@ -113,7 +109,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
                     "(re-encode sparse identifiers, e.g. with OrdinalEncoder)")
             self.n_categories_ = max(largest + 1, 2)
         elif largest >= self.n_categories_:
-            inferred = getattr(self, "_fitted_parameters", {}).get("n_categories") is None
+            inferred = self._fitted_parameter("n_categories") is None
             raise ValueError(
                 f"X holds category {largest}, but the estimator was fitted with the "
                 f"categories 0..{self.n_categories_ - 1}" + (

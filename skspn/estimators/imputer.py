@@ -324,7 +324,7 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         # One seed for all networks, so every row is completed by each network exactly as
         # that network alone would (same random_state).
         batch_size = batch_size or self.batch_size
-        if method == "marginal" and self.estimators_[0].leaf != "normal":  # the fitted leaf
+        if method == "marginal" and self._fitted_parameter("leaf") != "normal":
             # Codes cannot be averaged: the most probable value of the average of the
             # networks' posterior marginals (soft voting, as the average of completions),
             # batch by batch (the marginals hold n_values per entry).
