@@ -938,6 +938,64 @@ def test_fused_product_sum_equals_separate_layers(case, monkeypatch):
             np.testing.assert_array_equal(value, separate[key], err_msg=key)
 
 
+@pytest.mark.parametrize("case, fuse, jit", [
+    ("2x3-onehot-maxdepth", True, False),
+    ("2x3-onehot-maxdepth-extreme-weights", True, True),
+    ("2x3-classes3", False, False),
+])
+def test_queries_answer_with_the_normalised_weights_given(case, fuse, jit, monkeypatch):
+    """A query over many batches normalises the weights once and gives them to every batch
+    (``NormalisedWeights``). Given another network's weights, every query answers as that
+    network does, compiled or not, with fused layers or apart."""
+    from skspn.core import products
+    from skspn.core.learning import CompiledOps
+
+    monkeypatch.setattr(products, "XLA_MIN_PIXELS", 0)
+    monkeypatch.setattr(products, "XLA_MIN_CELLS", 0)
+    over = dict(FUSED_CASES.get(case, {}))
+    weight_scale = over.pop("weight_scale", 1.0)
+    name = over.pop("name", case)
+    net, other = build(name, seed=31, **over), build(name, seed=31, **over)
+    randomize_weights(other, np.random.default_rng(99))  # same leaves, other sums
+    for model in (net, other):
+        model.fuse_products = fuse
+        for layer in model.sums:
+            layer.accumulator.assign(layer.accumulator * weight_scale)
+    rng = np.random.default_rng(33)
+    shape = net.spatial_shape
+    x = np.concatenate([rng.integers(0, 2, size=(4,) + shape).astype(np.float64),
+                        random_evidence(shape, 4, rng)])
+    xt, seed = to_tf(x), tf.constant([5, 6], tf.int64)
+    index = tf.range(len(x))
+
+    def queries(model, weights=None):
+        out = {"ll": model.log_likelihood(xt, weights),
+               "max": model.forward(xt, routing="max", weights=weights)[1]}
+        if model.n_classes:
+            out["joint"] = model.joint_log_likelihood(xt, weights)
+        for routing in ("soft", "max", "sample"):
+            out["leaf_" + routing] = model.leaf_signal(xt, routing, seed, weights=weights)[0]
+        for method in ("marginal", "mpe", "sample"):
+            out[method] = model.complete(xt, method, seed, index, weights)
+        out["predictive"] = model.predictive(xt, weights)
+        return {k: v.numpy() for k, v in out.items()}
+
+    expected = queries(other)
+    given = queries(net, other.normalised_weights())
+    own = queries(net)
+    ops, other_ops = CompiledOps(net, jit_compile=jit), CompiledOps(other, jit_compile=jit)
+    compiled = dict(ll=ops.log_likelihood(xt, other_ops.normalised_weights()).numpy(),
+                    marginal=ops.complete(xt, "marginal", weights=other_ops.normalised_weights()
+                                          ).numpy())
+    assert not np.allclose(own["ll"], expected["ll"])  # the weights matter
+    for key, value in list(given.items()) + [("compiled_" + k, v) for k, v in compiled.items()]:
+        reference = expected[key.removeprefix("compiled_")]
+        if key.endswith(("ll", "joint", "leaf_soft", "marginal", "predictive", "max")):
+            np.testing.assert_allclose(value, reference, rtol=1e-4, atol=1e-5, err_msg=key)
+        else:  # hard choices: identical
+            np.testing.assert_array_equal(value, reference, err_msg=key)
+
+
 # Strided products take their children as unit-stride slices of the input viewed as blocks
 # (``Product._blocked``); the reference is the plain strided slices.
 @pytest.mark.parametrize("kernel, strides, dilations, padding", [

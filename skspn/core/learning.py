@@ -321,29 +321,57 @@ def _data_parallel(strategy, jit_compile, network):
 
 
 class CompiledOps:
-    """Batched inference queries on ``network``, each a ``tf.function`` traced once."""
+    """Batched inference queries on ``network``, each a ``tf.function`` traced once.
+
+    Every query takes the network's ``NormalisedWeights``: pass those of
+    ``normalised_weights()`` to all batches of one query (they cost about as much as a
+    forward pass of a small batch), or None to form them for this batch.
+    """
 
     def __init__(self, network: DGCSPN, jit_compile=JIT_COMPILE):
         self.network = network
-        img = _image_spec(network)
-        self.log_likelihood = _compiled(network.log_likelihood, [img], jit_compile, network)
+        img, weights = _image_spec(network), network.weight_specs()
+        self._normalised_weights = _compiled(network.normalised_weights, [], jit_compile,
+                                             network)
+        self._log_likelihood = _compiled(network.log_likelihood, [img, weights], jit_compile,
+                                         network)
         if network.n_classes:
-            self.joint_log_likelihood = _compiled(network.joint_log_likelihood, [img],
-                                                  jit_compile, network)
+            self._joint_log_likelihood = _compiled(network.joint_log_likelihood,
+                                                   [img, weights], jit_compile, network)
         index = tf.TensorSpec([None], tf.int32)
         self._complete = {
-            m: _compiled(lambda x, seed, sample_index, m=m: network.complete(
-                x, m, seed, sample_index), [img, _SEED, index], jit_compile, network)
+            m: _compiled(lambda x, seed, sample_index, weights, m=m: network.complete(
+                x, m, seed, sample_index, weights), [img, _SEED, index, weights],
+                jit_compile, network)
             for m in ("marginal", "mpe", "sample")}
-        self.leaf_posterior = _compiled(lambda x: network.leaf_signal(x, "soft")[0], [img],
-                                        jit_compile, network)
         if network.leaf.discrete:
-            self.predictive = _compiled(network.predictive, [img], jit_compile, network)
+            self._predictive = _compiled(network.predictive, [img, weights], jit_compile,
+                                         network)
 
-    def complete(self, x, method="marginal", seed=None, first_index=0):
+    def normalised_weights(self):
+        """The network's current ``NormalisedWeights`` (one compiled pass)."""
+        return self._normalised_weights()
+
+    def _weights(self, weights):
+        return self.normalised_weights() if weights is None else weights
+
+    def log_likelihood(self, x, weights=None):
+        """``network.log_likelihood`` of batch ``x``."""
+        return self._log_likelihood(x, self._weights(weights))
+
+    def joint_log_likelihood(self, x, weights=None):
+        """``network.joint_log_likelihood`` of batch ``x`` (classifier networks)."""
+        return self._joint_log_likelihood(x, self._weights(weights))
+
+    def predictive(self, x, weights=None):
+        """``network.predictive`` of batch ``x`` (discrete leaves)."""
+        return self._predictive(x, self._weights(weights))
+
+    def complete(self, x, method="marginal", seed=None, first_index=0, weights=None):
         """``network.complete`` on batch ``x`` whose rows are samples ``first_index, ...``
         of a larger input (keys the random draws; see ``DGCSPN.complete``)."""
         if seed is None:
             seed = np.zeros(2, np.int64)
         index = np.arange(first_index, first_index + len(x), dtype=np.int32)
-        return self._complete[method](x, tf.constant(seed, tf.int64), index)
+        return self._complete[method](x, tf.constant(seed, tf.int64), index,
+                                      self._weights(weights))

@@ -79,7 +79,8 @@ def product_of(product, x):
     return op(x.s, x.m)
 
 
-def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None):
+def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w=None,
+                log_w_min=None):
     """``spatial_sum(product(x), log_w, routing, ...)`` for a ``product.scalable`` product.
 
     Parameters
@@ -92,8 +93,10 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None):
         Log-values of the product's input, or the output of the fused layer below.
     log_w : Tensor ``[N | 1, C, C_out]``
         The sum's normalised log-weights.
-    routing, keys
+    routing, keys, w
         As ``sums.routed_sum``.
+    log_w_min : scalar Tensor, optional
+        ``min(log_w)``, if the caller has it.
 
     Returns
     -------
@@ -110,7 +113,8 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None):
     shared = log_w.shape[0] == 1 and n_cells != 1
     # The sum's inputs p have maximum 1 per (cell, sample), so every output s_o is at
     # least the weight of the child at that maximum (also for max routing below).
-    log_floor = tf.stop_gradient(tf.reduce_min(log_w))
+    log_floor = tf.stop_gradient(tf.reduce_min(log_w) if log_w_min is None else log_w_min)
+    given_w = w
 
     def layer(inputs, log_w):
         if scaled_input:
@@ -120,7 +124,7 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None):
         p = tf.reshape(p, [n_cells, batch, c_in])
         m = tf.reshape(m, [n_cells, batch, 1])
         lw = tf.broadcast_to(log_w, [n_cells, c_in, c_out])
-        w = tf.exp(log_w)
+        w = tf.exp(log_w) if given_w is None else given_w
         if routing == "max":
             s = None
             out = tf.reduce_max(_weighted_scores(tf.math.log(p), lw), axis=2)

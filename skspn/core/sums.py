@@ -46,16 +46,20 @@ def _stable_max(x, axis):
     return tf.where(tf.math.is_finite(m), m, tf.zeros_like(m))
 
 
-def log_matmul_exp(x, log_w):
+def log_matmul_exp(x, log_w, w=None):
     """``log(exp(x) @ exp(log_w))`` per cell without materialising ``[N, B, C_in, C_out]``.
 
     Parameters
     ----------
     x : Tensor ``[N, B, C_in]``
     log_w : Tensor ``[N, C_in, C_out]`` or ``[1, C_in, C_out]`` (shared over cells)
+    w : Tensor, optional
+        ``exp(log_w)``, when the caller has it already (a query over many batches takes
+        it once, see ``DGCSPN.normalised_weights``); it is then not differentiated.
     """
     m = _stable_max(x, -1)
-    return tf.math.log(scaled_matmul(tf.exp(x - m), tf.exp(log_w))) + m
+    w = tf.exp(log_w) if w is None else w
+    return tf.math.log(scaled_matmul(tf.exp(x - m), w)) + m
 
 
 def scaled_matmul(p, w):
@@ -162,7 +166,7 @@ def soft_route(p, w, s, g):
     return dx, dlw
 
 
-def routed_sum(x, log_w, routing="gradient", keys=None):
+def routed_sum(x, log_w, routing="gradient", keys=None, w=None):
     """Weighted sums of ``x`` per cell, with the backward pass chosen by ``routing``.
 
     Parameters
@@ -177,6 +181,8 @@ def routed_sum(x, log_w, routing="gradient", keys=None):
         Per-sample keys of the random tie-breaks and draws (``keyed_random.sample_keys``
         of a seed and each sample's index in the global batch). Default: seed 0 and
         indices ``0..B-1``.
+    w : Tensor, optional
+        ``exp(log_w)`` if the caller has it (``log_matmul_exp``).
 
     Returns
     -------
@@ -184,7 +190,7 @@ def routed_sum(x, log_w, routing="gradient", keys=None):
     """
     keys = routing_keys(routing, keys, tf.shape(x)[1])
     if routing in ("gradient", "soft"):
-        return log_matmul_exp(x, log_w)
+        return log_matmul_exp(x, log_w, w)
     shared = log_w.shape[0] == 1 and x.shape[0] != 1
 
     @tf.custom_gradient
@@ -193,7 +199,7 @@ def routed_sum(x, log_w, routing="gradient", keys=None):
         if routing == "max":
             out = tf.reduce_max(_weighted_scores(x, lw), axis=2)
         else:
-            out = log_matmul_exp(x, log_w)
+            out = log_matmul_exp(x, log_w, w)
 
         def grad(g):
             dx, dlw = route(x, lw, g, keys, routing)
@@ -255,15 +261,16 @@ class SpatialSum(tf.Module):
         c = tf.maximum(self.accumulator, 0.0) + self.eps
         return tf.math.log(c) - tf.math.log(tf.reduce_sum(c, axis=1, keepdims=True))
 
-    def __call__(self, x, log_w, routing="gradient", keys=None):
-        """``x`` ``[H, W, B, C_in]`` -> ``[H, W, B, C_out]`` using log-weights ``log_w``.
+    def __call__(self, x, log_w, routing="gradient", keys=None, w=None):
+        """``x`` ``[H, W, B, C_in]`` -> ``[H, W, B, C_out]`` using log-weights ``log_w``
+        (and ``w = exp(log_w)`` if the caller has it).
 
         The normalised log-weights are passed in (from ``log_weights()``) so that a caller
         can take gradients with respect to them: those gradients are the EM counts.
         """
         shape = tf.shape(x)
         flat = tf.reshape(x, [self.n_cells, shape[2], self.in_channels])
-        out = routed_sum(flat, log_w, routing, keys)
+        out = routed_sum(flat, log_w, routing, keys, w)
         return tf.reshape(out, tf.concat([shape[:3], [self.out_channels]], 0))
 
 

@@ -447,7 +447,8 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
     # ------------------------------------------------------------------ queries
     def _joint(self, z):
         ops = self._get_ops()
-        return self._map_batches(lambda b, _: ops.joint_log_likelihood(b).numpy(), z)
+        weights = ops.normalised_weights()  # once per query, not per batch
+        return self._map_batches(lambda b, _: ops.joint_log_likelihood(b, weights).numpy(), z)
 
     def _predict_codes(self, z):
         return np.argmax(self._joint(z), axis=1)

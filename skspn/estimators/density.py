@@ -332,7 +332,9 @@ class GenerativeDGCSPN(BaseDGCSPN):
     def _log_likelihood_scaled(self, z, batch_size=None):
         """The network's log-likelihoods of already standardised images ``z``."""
         ops = self._get_ops()
-        ll = self._map_batches(lambda b, _: ops.log_likelihood(b).numpy(), z, batch_size)
+        weights = ops.normalised_weights()  # once per query, not per batch
+        ll = self._map_batches(lambda b, _: ops.log_likelihood(b, weights).numpy(), z,
+                               batch_size)
         return ll.astype(np.float64)
 
     def score(self, X, y=None):
@@ -395,12 +397,14 @@ class GenerativeDGCSPN(BaseDGCSPN):
     def _complete_scaled(self, z, method, seed, batch_size=None):
         """The network's completions of already standardised images ``z`` (same scale)."""
         ops = self._get_ops()
+        weights = ops.normalised_weights()  # once per query, not per batch
         batch_size = batch_size or self.batch_size
         # MPE's max-product forward holds [cells, batch, C_in, C_out]: use smaller batches.
         if method == "mpe":
             batch_size = max(1, min(batch_size, 32))
         return self._map_batches(
-            lambda b, start: ops.complete(b, method, seed, start).numpy(), z, batch_size)
+            lambda b, start: ops.complete(b, method, seed, start, weights).numpy(), z,
+            batch_size)
 
     def sample(self, n_samples=1, random_state=None):
         """Draw samples from the fitted model.

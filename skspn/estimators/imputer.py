@@ -328,8 +328,11 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
             # Codes cannot be averaged: the most probable value of the average of the
             # networks' posterior marginals (soft voting, as the average of completions),
             # batch by batch (the marginals hold n_values per entry).
+            ops = [e._get_ops() for e in self.estimators_]
+            weights = [o.normalised_weights() for o in ops]  # once per query
+
             def vote(batch, start):
-                total = sum(e._get_ops().predictive(batch).numpy() for e in self.estimators_)
+                total = sum(o.predictive(batch, w).numpy() for o, w in zip(ops, weights))
                 return np.argmax(total, axis=-1)
 
             return self._map_batches(vote, z, batch_size).astype(np.float64)
