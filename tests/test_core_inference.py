@@ -946,7 +946,8 @@ def test_fused_product_sum_equals_separate_layers(case, monkeypatch):
 def test_queries_answer_with_the_normalised_weights_given(case, fuse, jit, monkeypatch):
     """A query over many batches normalises the weights once and gives them to every batch
     (``NormalisedWeights``). Given another network's weights, every query answers as that
-    network does, compiled or not, with fused layers or apart."""
+    network does, compiled or not, with fused layers or apart, and gradients with respect
+    to the given log-weights are that network's counts."""
     from skspn.core import products
     from skspn.core.learning import CompiledOps
 
@@ -983,6 +984,15 @@ def test_queries_answer_with_the_normalised_weights_given(case, fuse, jit, monke
     expected = queries(other)
     given = queries(net, other.normalised_weights())
     own = queries(net)
+    # Gradients reach the given log-weights as they reach the network's own: the counts.
+    weights = other.normalised_weights()
+    with tf.GradientTape() as tape:
+        tape.watch(weights.log)
+        total = tf.reduce_sum(net.log_likelihood(xt, weights))
+    given.update({f"counts_{i}": c.numpy()
+                  for i, c in enumerate(tape.gradient(total, weights.log))})
+    expected.update({f"counts_{i}": c.numpy()
+                     for i, c in enumerate(other.em_counts(xt, "soft")[0])})
     ops, other_ops = CompiledOps(net, jit_compile=jit), CompiledOps(other, jit_compile=jit)
     compiled = dict(ll=ops.log_likelihood(xt, other_ops.normalised_weights()).numpy(),
                     marginal=ops.complete(xt, "marginal", weights=other_ops.normalised_weights()
@@ -990,7 +1000,8 @@ def test_queries_answer_with_the_normalised_weights_given(case, fuse, jit, monke
     assert not np.allclose(own["ll"], expected["ll"])  # the weights matter
     for key, value in list(given.items()) + [("compiled_" + k, v) for k, v in compiled.items()]:
         reference = expected[key.removeprefix("compiled_")]
-        if key.endswith(("ll", "joint", "leaf_soft", "marginal", "predictive", "max")):
+        if key.endswith(("ll", "joint", "leaf_soft", "marginal", "predictive", "max")) or (
+                key.startswith("counts")):
             np.testing.assert_allclose(value, reference, rtol=1e-4, atol=1e-5, err_msg=key)
         else:  # hard choices: identical
             np.testing.assert_array_equal(value, reference, err_msg=key)

@@ -18,10 +18,10 @@ cells-major ``[H, W, B, C]`` so that per-cell sums are plain batched matmuls.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import tensorflow as tf
-
-from typing import NamedTuple
 
 from . import keyed_random
 from .leaves import Leaf
@@ -227,7 +227,7 @@ class DGCSPN(tf.Module):
         ``0..B-1``), so a batch split across replicas draws what it would on one device.
         ``keep_masks``: the dropout masks made beforehand by ``dropout_masks`` (the same
         masks as made here; see there why). ``given_weights``: ``NormalisedWeights``
-        to use instead of ``log_weights`` (not differentiated).
+        to use instead of ``log_weights``.
 
         Returns
         -------

@@ -55,11 +55,23 @@ def log_matmul_exp(x, log_w, w=None):
     log_w : Tensor ``[N, C_in, C_out]`` or ``[1, C_in, C_out]`` (shared over cells)
     w : Tensor, optional
         ``exp(log_w)``, when the caller has it already (a query over many batches takes
-        it once, see ``DGCSPN.normalised_weights``); it is then not differentiated.
+        it once, see ``DGCSPN.normalised_weights``).
     """
     m = _stable_max(x, -1)
-    w = tf.exp(log_w) if w is None else w
-    return tf.math.log(scaled_matmul(tf.exp(x - m), w)) + m
+    return tf.math.log(scaled_matmul(tf.exp(x - m), exp_of(log_w, w))) + m
+
+
+def exp_of(log_w, w=None):
+    """``exp(log_w)``; or ``w``, its value computed beforehand, with the gradient of the
+    exponential, so that gradients reach ``log_w`` (the EM counts) either way."""
+    if w is None:
+        return tf.exp(log_w)
+
+    @tf.custom_gradient
+    def op(log_w):
+        return tf.identity(w), lambda g: g * w
+
+    return op(log_w)
 
 
 def scaled_matmul(p, w):
