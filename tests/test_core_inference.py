@@ -675,6 +675,46 @@ def test_em_counts_match_brute_force(name, routing):
         assert expect[top].sum() == len(x) if routing == "hard" else True
 
 
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("learning", ["hard_em_unweighted", "hard_em", "soft_em"])
+def test_epoch_em_normalises_once_per_pass_and_counts_as_each_step_would(learning, fuse,
+                                                                         monkeypatch):
+    """With ``update='epoch'`` the weights are fixed for a pass, so the learner normalises
+    them once per pass; the accumulators after two passes are those of counting every
+    batch with the network's own weights (formed anew each step), and the second pass uses
+    the weights of the first's M-step."""
+    from skspn.core import products
+    from skspn.core.learning import EM_ROUTINGS, EMLearner
+
+    monkeypatch.setattr(products, "XLA_MIN_PIXELS", 0)
+    monkeypatch.setattr(products, "XLA_MIN_CELLS", 0)
+    nets = [build("2x3-onehot-maxdepth", seed=41, log_space=False) for _ in range(2)]
+    for net in nets:
+        net.fuse_products = fuse
+    learner, reference = EMLearner(nets[0], learning, update="epoch"), nets[1]
+    normalise, calls = learner._normalised_weights, []
+    learner._normalised_weights = lambda: calls.append(1) or normalise()
+    rng = np.random.default_rng(42)
+    batches = [np.concatenate([rng.integers(0, 2, size=(3, 2, 3)).astype(np.float64),
+                               random_evidence((2, 3), 2, rng)]) for _ in range(3)]
+    weight = np.ones(5, np.float32)
+    for epoch in range(2):
+        pending = None
+        for b, x in enumerate(batches):
+            seed = np.array([epoch, b], np.int64)
+            learner.step(to_tf(x), weight, seed)
+            counts, _ = reference.em_counts(to_tf(x), EM_ROUTINGS[learning],
+                                            tf.constant(seed), tf.constant(weight))
+            pending = counts if pending is None else [p + c for p, c in zip(pending, counts)]
+        learner.end_epoch()
+        for layer, c in zip(reference.weight_layers, pending):
+            layer.accumulator.assign(c)
+        for a, b in zip(nets[0].weight_layers, reference.weight_layers):
+            np.testing.assert_allclose(a.accumulator.numpy(), b.accumulator.numpy(),
+                                       rtol=1e-4, atol=1e-5)
+    assert len(calls) == 2  # once per pass
+
+
 @pytest.mark.parametrize("routing", ["soft", "hard"])
 def test_em_counts_with_sample_weights(routing):
     """``weight`` scales each sample's contribution (0 = padding row)."""

@@ -81,16 +81,25 @@ class EMLearner:
             self.pending = [tf.Variable(tf.zeros_like(layer.accumulator), trainable=False)
                             for layer in network.weight_layers]
         spec = [_image_spec(network), tf.TensorSpec([None], tf.float32), _SEED]
+        if update == "epoch":
+            # The weights stay fixed for a whole pass: they are normalised once per epoch,
+            # not in every step (see NormalisedWeights).
+            spec.append(network.weight_specs())
+            self._normalised_weights = _compiled(network.normalised_weights, [], jit_compile,
+                                                 network)
+        self._epoch_weights = None
         self._step = _compiled(self._step_impl, spec, jit_compile, network)
 
-    def _batch_counts(self, x, weight, sample_index, seed):
+    def _batch_counts(self, x, weight, sample_index, seed, weights=None):
         """Counts, ``sum weight * log p(x)`` and ``sum weight`` of one (shard of a) batch."""
-        counts, root = self.network.em_counts(x, self.routing, seed, weight, sample_index)
+        counts, root = self.network.em_counts(x, self.routing, seed, weight, sample_index,
+                                              weights)
         return counts, tf.reduce_sum(weight * root), tf.reduce_sum(weight)
 
-    def _step_impl(self, x, weight, seed):
+    def _step_impl(self, x, weight, seed, weights=None):
         batch = (x, weight, tf.range(tf.shape(x)[0]))
-        counts, ll_sum, weight_sum = self.parallel(self._batch_counts, batch, seed)
+        counts, ll_sum, weight_sum = self.parallel(
+            functools.partial(self._batch_counts, weights=weights), batch, seed)
         for layer, pending, c in zip(self.network.weight_layers, self.pending, counts):
             if self.update == "online":
                 layer.accumulator.assign_add(c)
@@ -101,7 +110,11 @@ class EMLearner:
     def step(self, x, weight, seed):
         """One EM step on batch ``x`` with per-sample ``weight`` (0 = padding row);
         returns the batch's weighted mean ``log p(x)`` (with the weights before the update)."""
-        return float(self._step(x, weight, seed))
+        if self.update != "epoch":
+            return float(self._step(x, weight, seed))
+        if self._epoch_weights is None:  # the first step of a pass
+            self._epoch_weights = self._normalised_weights()
+        return float(self._step(x, weight, seed, self._epoch_weights))
 
     def end_epoch(self):
         """M-step of ``update='epoch'``: the pass's counts become the accumulators."""
@@ -110,6 +123,7 @@ class EMLearner:
         for layer, pending in zip(self.network.weight_layers, self.pending):
             layer.accumulator.assign(pending)
             pending.assign(tf.zeros_like(pending))
+        self._epoch_weights = None
 
 
 class Adam(tf.Module):

@@ -384,21 +384,23 @@ class DGCSPN(tf.Module):
         signal, _ = self.leaf_signal(x, "soft", weights=weights)
         return tf.transpose(self.leaf.predictive(signal), [2, 0, 1, 3, 4])
 
-    def em_counts(self, x, routing, seed=None, weight=None, sample_index=None):
+    def em_counts(self, x, routing, seed=None, weight=None, sample_index=None, weights=None):
         """Counts per sum layer for a batch and the batch's ``log p(x)``.
 
         The counts are the gradient of ``sum_b log S(x_b)`` with respect to each layer's
         normalised log-weights under the chosen routing: hard win counts (``hard``,
         ``hard_unweighted``) or expected counts (``soft``). ``weight`` ``[B]`` scales each
         sample's signal (0 for padding rows); ``sample_index`` keys the random tie-breaks
-        (see ``forward_from_leaves``).
+        (see ``forward_from_leaves``); ``weights``: the ``NormalisedWeights`` to count
+        with (default: formed from the accumulators).
         """
         leaf_lp = self.leaf_log_prob(x)
         with tf.GradientTape() as tape:
-            log_weights = self.log_weights()
+            log_weights = self.log_weights() if weights is None else weights.log
             tape.watch(log_weights)
             _, root = self.forward_from_leaves(leaf_lp, log_weights, routing, seed,
-                                               sample_index=sample_index)
+                                               sample_index=sample_index,
+                                               given_weights=weights)
             total = tf.reduce_sum(root if weight is None else weight * root)
         return tape.gradient(total, log_weights), root
 
