@@ -715,6 +715,22 @@ def test_epoch_em_normalises_once_per_pass_and_counts_as_each_step_would(learnin
     assert len(calls) == 2  # once per pass
 
 
+def test_epoch_em_pass_interrupted_starts_the_next_step_from_the_accumulators():
+    """A pass counts with the weights of its first step; a step that fails (an interrupt,
+    bad input) ends the pass, so changed accumulators count from the next step on."""
+    from skspn.core.learning import EMLearner
+
+    net = build("2x3-onehot-maxdepth", seed=43, log_space=False)
+    learner = EMLearner(net, "hard_em_unweighted", update="epoch")
+    x, weight, seed = to_tf(np.ones((4, 2, 3))), np.ones(4, np.float32), np.array([1, 2])
+    learner.step(x, weight, seed)
+    with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError)):
+        learner.step(np.ones((4, 3, 3, 1), np.float32), weight, seed)  # wrong image shape
+    randomize_weights(net, np.random.default_rng(44))
+    fresh = EMLearner(net, "hard_em_unweighted", update="epoch").step(x, weight, seed)
+    assert learner.step(x, weight, seed) == pytest.approx(fresh, rel=1e-6)
+
+
 @pytest.mark.parametrize("routing", ["soft", "hard"])
 def test_em_counts_with_sample_weights(routing):
     """``weight`` scales each sample's contribution (0 = padding row)."""

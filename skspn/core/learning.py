@@ -61,7 +61,9 @@ class EMLearner:
         keep growing. ``'epoch'``: counts are collected over a whole pass with the
         weights fixed and replace the accumulators at ``end_epoch()`` (batch EM: the
         counts of the first, poorly initialised passes are not kept forever; soft EM then
-        never decreases the likelihood).
+        never decreases the likelihood). A pass counts with the weights of its first step
+        (normalised once); accumulators changed by hand within a pass take effect after
+        ``end_epoch()``.
     strategy : tf.distribute.Strategy, optional
         Data-parallel training (see ``distribute``); the network must have been built in
         its scope. The counts of all replicas are summed before the update.
@@ -114,7 +116,11 @@ class EMLearner:
             return float(self._step(x, weight, seed))
         if self._epoch_weights is None:  # the first step of a pass
             self._epoch_weights = self._normalised_weights()
-        return float(self._step(x, weight, seed, self._epoch_weights))
+        try:
+            return float(self._step(x, weight, seed, self._epoch_weights))
+        except BaseException:  # an interrupted pass: the next step starts from the variables
+            self._epoch_weights = None
+            raise
 
     def end_epoch(self):
         """M-step of ``update='epoch'``: the pass's counts become the accumulators."""
