@@ -676,6 +676,63 @@ def test_em_counts_match_brute_force(name, routing):
 
 
 @pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("name", ["2x2-depthwise-k3", "1x3-depthwise-stride2-classes",
+                                  "2x2-depthwise-shared", "2x4-hand-built"])
+def test_log_likelihood_gradient_at_log_space_accumulators_matches_brute_force(
+        name, fuse, monkeypatch):
+    """The gradient that trains log-space accumulators (Adam): with ``w = softmax(a)`` over
+    each sum's children, d sum_x log p(x) / d a = n - w * sum(n), ``n`` the expected counts
+    (brute force). The forward pass normalises ``a`` itself (``SpatialSum.normalised``,
+    one exponential and a hand-written gradient)."""
+    from skspn.core import products
+
+    monkeypatch.setattr(products, "XLA_MIN_PIXELS", 0)
+    monkeypatch.setattr(products, "XLA_MIN_CELLS", 0)
+    net = em_net(name, seed=20)
+    net.fuse_products = fuse
+    ref = NumpySPN(net)
+    rng = np.random.default_rng(22)
+    shape = net.spatial_shape
+    x = np.concatenate([rng.integers(0, 2, size=(5,) + shape).astype(np.float64),
+                        random_evidence(shape, 3, rng)])
+    accumulators = [layer.accumulator for layer in net.weight_layers]
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(net.log_likelihood(to_tf(x)))
+    grads = tape.gradient(total, accumulators)
+    np.testing.assert_allclose(total.numpy(), ref.log_likelihood(x).sum(), rtol=1e-5)
+    for layer, (g, n, a) in enumerate(zip(grads, ref.soft_counts(x), accumulators)):
+        w = tf.nn.softmax(a, axis=1).numpy().astype(np.float64)
+        expect = n - w * n.sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(g.numpy(), expect, rtol=1e-3, atol=2e-5, err_msg=layer)
+
+
+def test_normalised_log_space_weights_and_their_gradient_match_the_formula():
+    """``SpatialSum.normalised`` of log-space accumulators: ``log_softmax`` over the
+    children, its exponential and minimum, and the gradient of both outputs as autodiff
+    gives it for the formula (also with large accumulators, where a plain exp overflows)."""
+    from skspn.core.sums import SpatialSum
+
+    rng = np.random.default_rng(5)
+    for scale in (1.0, 200.0):
+        layer = SpatialSum(3, 5, 4, log_space=True,
+                           init=(scale * rng.normal(size=(3, 5, 4))).astype(np.float32))
+        g_log, g_lin = rng.normal(size=(2, 3, 5, 4)).astype(np.float32)
+        for use in ("log", "linear", "both"):
+            with tf.GradientTape(persistent=True) as tape:
+                log_w, w, log_min = layer.normalised()
+                expect_log = tf.nn.log_softmax(layer.accumulator, axis=1)
+                expect_w = tf.exp(expect_log)
+                losses = [tf.reduce_sum(g_log * lw) * (use != "linear")
+                          + tf.reduce_sum(g_lin * ww) * (use != "log")
+                          for lw, ww in ((log_w, w), (expect_log, expect_w))]
+            got, expect = (tape.gradient(loss, layer.accumulator) for loss in losses)
+            np.testing.assert_allclose(log_w, expect_log, rtol=1e-6, atol=1e-5)
+            np.testing.assert_allclose(w, expect_w, rtol=1e-5, atol=1e-7)
+            assert log_min.numpy() == np.min(log_w.numpy())
+            np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-5, err_msg=use)
+
+
+@pytest.mark.parametrize("fuse", [True, False])
 @pytest.mark.parametrize("learning", ["hard_em_unweighted", "hard_em", "soft_em"])
 def test_epoch_em_normalises_once_per_pass_and_counts_as_each_step_would(learning, fuse,
                                                                          monkeypatch):
@@ -1233,3 +1290,36 @@ def test_gradient_registrations_are_released_safely_across_threads():
     finally:
         sys.setswitchinterval(interval)
     assert not errors, errors[:3]
+
+
+@pytest.mark.parametrize("distributed", [False, True])
+@pytest.mark.parametrize("jit", [False, True])
+def test_adam_update_is_adam(jit, distributed):
+    """``Adam.apply`` (one fused kernel per variable, or the formula for a strategy's
+    variables) is Adam with bias correction: three steps against numpy, compiled by XLA
+    or not; a variable that gets no gradient is left alone."""
+    import contextlib
+
+    from skspn.core.learning import Adam
+
+    rng = np.random.default_rng(8)
+    init = [rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=5).astype(np.float32)]
+    grads = [rng.normal(size=(4, 3)).astype(np.float32) for _ in range(3)]
+    lr, b1, b2, eps = 0.05, 0.9, 0.999, 1e-7
+    expect, m, v = init[0].astype(np.float64), 0.0, 0.0
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        expect = expect - lr * np.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v) + eps)
+
+    scope = (tf.distribute.OneDeviceStrategy("/cpu:0").scope() if distributed
+             else contextlib.nullcontext())
+    with scope:
+        variables = [tf.Variable(x) for x in init]
+        adam = Adam(variables, lr)
+        step = tf.function(lambda g: adam.apply([g, None]), jit_compile=jit)
+        for g in grads:
+            step(tf.constant(g))
+    np.testing.assert_allclose(variables[0].numpy(), expect, rtol=2e-5, atol=2e-6)
+    np.testing.assert_array_equal(variables[1].numpy(), init[1])
+    assert int(adam.iterations.numpy()) == 3

@@ -147,9 +147,21 @@ class Adam(tf.Module):
     def apply(self, grads):
         self.iterations.assign_add(1)
         t = tf.cast(self.iterations, tf.float32)
-        lr = self.learning_rate * tf.sqrt(1.0 - self.beta_2 ** t) / (1.0 - self.beta_1 ** t)
+        beta_1_power, beta_2_power = self.beta_1 ** t, self.beta_2 ** t
+        # One fused kernel per variable (the same update) instead of a dozen passes over
+        # it: 13.8 -> 6.1 ms for the MNIST classifier's 5M parameters (CPU); with
+        # SpatialSum.normalised, Adam steps of the MNIST inpainting net 15-20 % faster
+        # (benchmarks/README.md). A strategy's (mirrored) variables take the formula.
+        fused = not tf.distribute.has_strategy()
+        lr = self.learning_rate * tf.sqrt(1.0 - beta_2_power) / (1.0 - beta_1_power)
         for var, g, m, v in zip(self.vars, grads, self.m, self.v):
             if g is None:
+                continue
+            if fused:
+                tf.raw_ops.ResourceApplyAdam(
+                    var=var.handle, m=m.handle, v=v.handle, beta1_power=beta_1_power,
+                    beta2_power=beta_2_power, lr=self.learning_rate, beta1=self.beta_1,
+                    beta2=self.beta_2, epsilon=self.epsilon, grad=g)
                 continue
             m.assign(self.beta_1 * m + (1.0 - self.beta_1) * g)
             v.assign(self.beta_2 * v + (1.0 - self.beta_2) * tf.square(g))

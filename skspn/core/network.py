@@ -176,9 +176,8 @@ class DGCSPN(tf.Module):
 
     def normalised_weights(self):
         """The current ``NormalisedWeights``, for the queries' ``weights`` argument."""
-        log_weights = self.log_weights()
-        return NormalisedWeights(log_weights, [tf.exp(lw) for lw in log_weights],
-                                 [tf.reduce_min(lw) for lw in log_weights])
+        log_w, w, log_min = zip(*[layer.normalised() for layer in self.weight_layers])
+        return NormalisedWeights(list(log_w), list(w), list(log_min))
 
     def weight_specs(self):
         """``tf.TensorSpec``s of ``normalised_weights()`` (a compiled query's signature)."""
@@ -227,7 +226,8 @@ class DGCSPN(tf.Module):
         ``0..B-1``), so a batch split across replicas draws what it would on one device.
         ``keep_masks``: the dropout masks made beforehand by ``dropout_masks`` (the same
         masks as made here; see there why). ``given_weights``: ``NormalisedWeights``
-        to use instead of ``log_weights``.
+        to use instead of ``log_weights``; with neither, the weights are normalised from
+        the accumulators (``normalised_weights``), differentiably.
 
         Returns
         -------
@@ -236,11 +236,12 @@ class DGCSPN(tf.Module):
         root : Tensor ``[B]``
             ``log p(x)``: the root, or the prior-weighted mixture of the class sums.
         """
+        if given_weights is None and log_weights is None:
+            # normalised here, each layer with a single exponential (SpatialSum.normalised)
+            given_weights = self.normalised_weights()
         if given_weights is not None:
             log_weights, linear_weights, log_min = given_weights
         else:  # each layer takes exp(log_w) and its minimum itself
-            if log_weights is None:
-                log_weights = self.log_weights()
             linear_weights = log_min = [None] * len(log_weights)
         if seed is None:
             seed = tf.constant([0, 0], tf.int64)

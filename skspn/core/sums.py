@@ -277,6 +277,22 @@ class SpatialSum(tf.Module):
         c = tf.maximum(self.accumulator, 0.0) + self.eps
         return tf.math.log(c) - tf.math.log(tf.reduce_sum(c, axis=1, keepdims=True))
 
+    def normalised(self):
+        """``(log_w, w, min(log_w))``: ``log_weights()``, its exponential and its minimum,
+        differentiable with respect to the accumulators.
+
+        Log-space accumulators ``a`` (trained by gradients) are normalised with one
+        exponential, ``w = exp(a - max) / sum``, where ``log_weights()`` and then
+        ``exp(log_w)`` take two and the gradient of ``reduce_logsumexp`` a third; the
+        gradient is ``g - w * sum(g)`` over the children (axis 1) with ``g`` the total
+        gradient at ``log_w``. Forward and backward over the 5.4M weights of the MNIST
+        inpainting net: 23 against 30 ms (CPU, one-off timing; benchmarks/README.md).
+        """
+        if not self.log_space:
+            log_w = self.log_weights()
+            return log_w, tf.exp(log_w), tf.reduce_min(log_w)
+        return _normalise_log(self.accumulator)
+
     def __call__(self, x, log_w, routing="gradient", keys=None, w=None):
         """``x`` ``[H, W, B, C_in]`` -> ``[H, W, B, C_out]`` using log-weights ``log_w``
         (and ``w = exp(log_w)`` if the caller has it).
@@ -288,6 +304,25 @@ class SpatialSum(tf.Module):
         flat = tf.reshape(x, [self.n_cells, shape[2], self.in_channels])
         out = routed_sum(flat, log_w, routing, keys, w)
         return tf.reshape(out, tf.concat([shape[:3], [self.out_channels]], 0))
+
+
+@tf.custom_gradient
+def _normalise_log(a):
+    """``SpatialSum.normalised`` of log-space accumulators ``a`` ``[N | 1, C_in, C_out]``."""
+    top = tf.stop_gradient(tf.reduce_max(a, axis=1, keepdims=True))
+    e = tf.exp(a - top)
+    total = tf.reduce_sum(e, axis=1, keepdims=True)
+    w = e / total
+    log_w = a - (top + tf.math.log(total))
+
+    def grad(g_log_w, g_w, g_min):
+        del g_min  # the minimum only bounds values (a stop-gradient quantity)
+        g = tf.zeros_like(w) if g_log_w is None else g_log_w
+        if g_w is not None:
+            g = g + g_w * w  # d w = w d log_w
+        return g - w * tf.reduce_sum(g, axis=1, keepdims=True)
+
+    return (log_w, w, tf.reduce_min(log_w)), grad
 
 
 def default_accumulators(shape, log_space, rng):
