@@ -1156,6 +1156,53 @@ def test_blocked_children_equal_strided_slices(kernel, strides, dilations, paddi
         np.testing.assert_array_equal(b, s)
 
 
+# Depthwise unit-stride products are taken one axis after the other, run by run, without a
+# padded copy of the input (``Product._along_axes``); the reference is the sum / product of
+# the shifted slices of the padded input, and the transpose of their sum.
+@pytest.mark.parametrize("kernel, dilations, padding, crop", [
+    ((2, 2), (16, 16), "full", None),        # the inpainting nets' layers
+    ((2, 2), (4, 2), "full", ((1, 6), (0, 9))),  # a crop of the output cells
+    ((2, 2), (32, 32), "full", ((27, 32), (27, 32))),  # the 28x28 net's final product
+    ((3, 2), (3, 1), ((7, 1), (0, 2)), None),  # runs where every offset is padding
+    ((1, 3), (1, 2), "valid", None),          # a strip; kernel 1 on one axis
+    ((2, 2), (5, 5), ((9, 9), (6, 0)), None),  # offsets that never overlap the input
+])
+def test_products_along_axes_equal_shifted_slices(kernel, dilations, padding, crop,
+                                                  monkeypatch):
+    import dataclasses
+
+    from skspn.core.products import Product
+    from skspn.core.scopes import ResolvedProduct
+
+    shape = (8, 9) if kernel != (2, 2) or dilations[0] < 16 else (28, 28)
+    spec = product_spec(kernel, dilations=dilations, padding=padding)
+    # One layer on its own (no full-scope top needed): all output cells, or a crop.
+    axes = tuple(dataclasses.replace(op, out_start=c[0], out_size=c[1]) if c else
+                 dataclasses.replace(op, out_size=op.n_out_unpadded(n))
+                 for op, n, c in zip(spec.axes, shape, crop or (None, None)))
+    out_shape = tuple(op.out_size for op in axes)
+    product = Product(ResolvedProduct(spec=spec, in_shape=shape, out_shape=out_shape,
+                                      axes=axes), in_channels=3)
+    assert product._separable()
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=shape + (2, 3)), tf.float32)
+    s = tf.constant(rng.uniform(0.1, 1.0, size=shape + (2, 3)), tf.float32)
+    m = tf.constant(rng.normal(size=shape + (2, 1)), tf.float32)
+    g = tf.constant(rng.normal(size=out_shape + (2, 3)), tf.float32)
+
+    def run():
+        return [product._forward(x), *product._scaled_linear_impl(s, m),
+                product.transpose([g] * len(product.offsets))]
+
+    along = [t.numpy() for t in run()]
+    monkeypatch.setattr(Product, "_separable", lambda self: False)
+    sliced = [t.numpy() for t in run()]
+    assert [a.shape for a in along] == [out_shape + (2, 3), out_shape + (2, 3),
+                                        out_shape + (2, 1), shape + (2, 3)]
+    for a, b in zip(along, sliced):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("leaf_kind", ["normal", "categorical"])
 def test_compiled_leaf_log_prob_equals_plain(leaf_kind, monkeypatch):
     """Images of at least ``XLA_MIN_PIXELS`` pixels compute the leaf log-probs as one
