@@ -352,7 +352,9 @@ class Product(tf.Module):
                 p = c if p is None else p * c
             m_sum = tf.add_n(self._children(m))
         top = tf.reduce_max(p, axis=-1, keepdims=True)
-        return p / top, m_sum + tf.math.log(top)
+        # One reciprocal per (cell, sample) and a multiply per value: the division per
+        # value took 1.5 of 11.5 ms on the d=16 layer above (XLA, batch 128).
+        return p * tf.math.reciprocal(top), m_sum + tf.math.log(top)
 
     def _separable(self):
         """Whether the product is depthwise with unit strides: its kernel is then the
