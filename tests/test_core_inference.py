@@ -1195,12 +1195,14 @@ def test_products_along_axes_equal_shifted_slices(kernel, dilations, padding, cr
                 product.transpose([g] * len(product.offsets))]
 
     along = [t.numpy() for t in run()]
+    compiled = [t.numpy() for t in tf.function(run, jit_compile=True, autograph=False)()]
     monkeypatch.setattr(Product, "_separable", lambda self: False)
     sliced = [t.numpy() for t in run()]
     assert [a.shape for a in along] == [out_shape + (2, 3), out_shape + (2, 3),
                                         out_shape + (2, 1), shape + (2, 3)]
-    for a, b in zip(along, sliced):
+    for a, b, c in zip(along, sliced, compiled):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(c, b, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("leaf_kind", ["normal", "categorical"])
@@ -1339,34 +1341,48 @@ def test_gradient_registrations_are_released_safely_across_threads():
     assert not errors, errors[:3]
 
 
-@pytest.mark.parametrize("distributed", [False, True])
-@pytest.mark.parametrize("jit", [False, True])
-def test_adam_update_is_adam(jit, distributed):
-    """``Adam.apply`` (one fused kernel per variable, or the formula for a strategy's
-    variables) is Adam with bias correction: three steps against numpy, compiled by XLA
-    or not; a variable that gets no gradient is left alone."""
+@pytest.mark.parametrize("where", ["plain", "plain-xla", "mirrored", "mirrored-in-scope"])
+def test_adam_update_is_adam(where, monkeypatch):
+    """``Adam.apply`` is Adam with bias correction and epsilon outside the square root:
+    three steps against numpy. Plain variables take one fused kernel each; a
+    ``MirroredStrategy``'s variables take the formula, which updates every replica's copy
+    whether or not the step runs in the strategy's scope. A variable that gets no gradient
+    is left alone."""
     import contextlib
 
     from skspn.core.learning import Adam
 
+    kernel_calls = []
+    fused = tf.raw_ops.ResourceApplyAdam
+    monkeypatch.setattr(tf.raw_ops, "ResourceApplyAdam",
+                        lambda **kw: kernel_calls.append(1) or fused(**kw))
     rng = np.random.default_rng(8)
     init = [rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=5).astype(np.float32)]
-    grads = [rng.normal(size=(4, 3)).astype(np.float32) for _ in range(3)]
-    lr, b1, b2, eps = 0.05, 0.9, 0.999, 1e-7
+    grads = [0.1 * rng.normal(size=(4, 3)).astype(np.float32) for _ in range(3)]
+    lr, b1, b2, eps = 0.05, 0.9, 0.999, 0.05  # a large epsilon: its place matters
     expect, m, v = init[0].astype(np.float64), 0.0, 0.0
     for t, g in enumerate(grads, start=1):
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
         expect = expect - lr * np.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v) + eps)
 
-    scope = (tf.distribute.OneDeviceStrategy("/cpu:0").scope() if distributed
-             else contextlib.nullcontext())
-    with scope:
+    strategy = None
+    if where.startswith("mirrored"):
+        devices = tf.config.list_logical_devices("CPU")
+        if len(devices) < 2:
+            pytest.skip("needs 2 logical CPU devices (set up by conftest.pytest_configure)")
+        strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    with strategy.scope() if strategy else contextlib.nullcontext():
         variables = [tf.Variable(x) for x in init]
-        adam = Adam(variables, lr)
-        step = tf.function(lambda g: adam.apply([g, None]), jit_compile=jit)
+        adam = Adam(variables, lr, epsilon=eps)
+    step = tf.function(lambda g: adam.apply([g, None]), jit_compile=where == "plain-xla")
+    with strategy.scope() if where == "mirrored-in-scope" else contextlib.nullcontext():
         for g in grads:
             step(tf.constant(g))
-    np.testing.assert_allclose(variables[0].numpy(), expect, rtol=2e-5, atol=2e-6)
+    copies = variables[0].values if strategy else [variables[0]]
+    assert len(copies) == (2 if strategy else 1)
+    for copy in copies:
+        np.testing.assert_allclose(copy.numpy(), expect, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(variables[1].numpy(), init[1])
     assert int(adam.iterations.numpy()) == 3
+    assert bool(kernel_calls) == (strategy is None)

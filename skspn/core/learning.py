@@ -151,13 +151,14 @@ class Adam(tf.Module):
         # One fused kernel per variable (the same update) instead of a dozen passes over
         # it: 13.8 -> 6.1 ms for the MNIST classifier's 5M parameters (CPU); with
         # SpatialSum.normalised, Adam steps of the MNIST inpainting net 15-20 % faster
-        # (benchmarks/README.md). A strategy's (mirrored) variables take the formula.
-        fused = not tf.distribute.has_strategy()
+        # (benchmarks/README.md). A strategy's mirrored variables take the formula, whose
+        # assignments update every copy (the kernel would update one: the handle of a
+        # mirrored variable is one replica's), in the strategy's scope or not.
         lr = self.learning_rate * tf.sqrt(1.0 - beta_2_power) / (1.0 - beta_1_power)
         for var, g, m, v in zip(self.vars, grads, self.m, self.v):
             if g is None:
                 continue
-            if fused:
+            if not isinstance(var, tf.distribute.DistributedValues):
                 tf.raw_ops.ResourceApplyAdam(
                     var=var.handle, m=m.handle, v=v.handle, beta1_power=beta_1_power,
                     beta2_power=beta_2_power, lr=self.learning_rate, beta1=self.beta_1,

@@ -111,8 +111,9 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
     batch = tf.shape(x.s if scaled_input else x)[2]
     keys = routing_keys(routing, keys, batch)
     shared = log_w.shape[0] == 1 and n_cells != 1
-    # The sum's inputs p have maximum 1 per (cell, sample), so every output s_o is at
-    # least the weight of the child at that maximum (also for max routing below).
+    # The sum's inputs p have maximum 1 per (cell, sample) (up to an ulp: a reciprocal's
+    # rounding), so every output s_o is at least the weight of the child at that maximum
+    # (also for max routing below); LINEAR_MIN_LOG leaves a wide margin for that ulp.
     log_floor = tf.stop_gradient(tf.reduce_min(log_w) if log_w_min is None else log_w_min)
     given_w = w
 

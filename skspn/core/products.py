@@ -109,8 +109,9 @@ def _combine_along(x, axis, bases, n_out, combine, fill):
     Run by run, so no padded copy of ``x`` is written: the MNIST inpainting net's d=16
     layer (``[43, 43, 128, 16]`` -> ``[59, 59, 128, 16]``, XLA), its product with the
     maximum and division of ``Product.scaled_from``: 13.4-17.8 ms from slices of the
-    padded input, 11.6-13.1 ms this way; a pad per axis was slower than runs (11.2-12.5
-    against 8.9-9.8 ms, one-off timings; benchmarks/README.md).
+    padded input, 11.6-13.1 ms this way. Padding one axis at a time (then slices along
+    it) was slower than runs: 11.2-12.5 against 8.9-9.8 ms, both with a reciprocal in
+    place of the division (one-off timings; benchmarks/README.md).
     """
     n_in = x.shape[axis]
     parts = []
@@ -121,7 +122,7 @@ def _combine_along(x, axis, bases, n_out, combine, fill):
             for term in terms[1:]:
                 part = combine(part, term)
         else:
-            shape = tf.tensor_scatter_nd_update(tf.shape(x), [[axis]], [hi - lo])
+            shape = tf.concat([tf.shape(x)[:axis], [hi - lo], tf.shape(x)[axis + 1:]], 0)
             part = tf.fill(shape, tf.constant(fill, x.dtype))
         parts.append(part)
     return parts[0] if len(parts) == 1 else tf.concat(parts, axis)
@@ -266,7 +267,8 @@ class Product(tf.Module):
     def scaled(self, x):
         """The output ``log p + m`` as ``(p [H_out, W_out, B, C_out], m [H_out, W_out, B, 1])``.
 
-        ``m`` is the maximum over the channels of each cell and sample, so ``max(p) = 1``:
+        ``m`` is the maximum over the channels of each cell and sample, so ``max(p) = 1``
+        (up to the rounding of a reciprocal for depthwise products of scaled values):
         exactly what a following sum needs (``sums.log_matmul_exp``), computed in one
         compiled pass without writing the log-values. For a one-hot product of all
         channel combinations every output channel is a sum of one channel per child, so
