@@ -150,7 +150,7 @@ class Adam(tf.Module):
         beta_1_power, beta_2_power = self.beta_1 ** t, self.beta_2 ** t
         # One fused kernel per variable (the same update) instead of a dozen passes over
         # it: 13.8 -> 6.1 ms for the MNIST classifier's 5M parameters (CPU); with
-        # SpatialSum.normalised, Adam steps of the MNIST inpainting net 15-20 % faster
+        # SpatialSum.normalised, Adam steps of the MNIST inpainting net 9-13 % faster
         # (benchmarks/README.md). A strategy's mirrored variables take the formula, whose
         # assignments update every copy (the kernel would update one: the handle of a
         # mirrored variable is one replica's), in the strategy's scope or not.
