@@ -1386,3 +1386,36 @@ def test_adam_update_is_adam(where, monkeypatch):
     np.testing.assert_array_equal(variables[1].numpy(), init[1])
     assert int(adam.iterations.numpy()) == 3
     assert bool(kernel_calls) == (strategy is None)
+
+
+@pytest.mark.parametrize("by_child", [True, False])
+def test_unweighted_choice_over_combinations_is_uniform_over_the_tied_ones(by_child):
+    """Unweighted (USI) choices of a sum over a one-hot product of all combinations are
+    made child by child (``sums.unweighted_choice_by_child``): the chosen combination is a
+    largest one, and exact ties (here 3 x 2 tied combinations of 4 x 4 channels) are broken
+    uniformly and independently per sample, as the single draw over all 12 combinations
+    (``combinations=None``) does."""
+    from skspn.core import keyed_random
+    from skspn.core.sums import choose
+
+    n_samples = 6000
+    first = np.array([0.5, 0.5, -1.0, 0.5])  # channels 0, 1 and 3 tie
+    second = np.array([2.0, 0.3, 2.0, 1.0])  # channels 0 and 2 tie
+    scores = (first[:, None] + second[None, :]).reshape(1, 1, 16)  # first child major
+    scores = tf.constant(np.broadcast_to(scores, (1, n_samples, 16)), tf.float32)
+    g = tf.ones([1, n_samples, 2])
+    keys = keyed_random.sample_keys(tf.constant([4, 2], tf.int64), tf.range(n_samples))
+    sel, signal = choose(scores, tf.zeros([1, 16, 2]), g, keys, "hard_unweighted",
+                         (4, 2) if by_child else None)
+    sel = sel.numpy()[0]
+    np.testing.assert_array_equal(signal.numpy(), 2.0)
+    tied = [a * 4 + b for a in (0, 1, 3) for b in (0, 2)]
+    assert set(np.unique(sel)) == set(tied)
+    counts = np.bincount(sel, minlength=16)[tied]
+    assert chisquare(counts).pvalue > 1e-3, counts
+    # the two children's channels are drawn independently
+    from scipy.stats import chi2_contingency
+
+    table = np.zeros((3, 2))
+    np.add.at(table, (np.searchsorted([0, 1, 3], sel // 4), sel % 4 // 2), 1)
+    assert chi2_contingency(table).pvalue > 1e-3, table

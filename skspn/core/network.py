@@ -280,8 +280,10 @@ class DGCSPN(tf.Module):
                 keep = keep_mask(x, 2000 + i, product_dropout)
                 x = tf.where(keep, x, tf.fill(tf.shape(x), LOG_ZERO))
             if i < len(self.sums):
+                # (dropped products are no longer combinations of their children's values)
+                combinations = product.combinations() if product_dropout == 0.0 else None
                 x = self.sums[i](x, log_weights[i], routing, layer_keys(i),
-                                 linear_weights[i])
+                                 linear_weights[i], combinations)
         (h0, nh), (w0, nw) = self.report.top_index
         x = to_log_values(x)[h0:h0 + nh, w0:w0 + nw]  # full-scope cells only (completeness)
         batch = tf.shape(x)[2]

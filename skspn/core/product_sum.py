@@ -29,7 +29,8 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from .sums import _stable_max, _weighted_scores, choose, routing_keys, scaled_matmul, soft_route
+from .sums import (_stable_max, _weighted_scores, choose, routing_keys, scaled_matmul,
+                   soft_route, unweighted_choice_by_child)
 
 
 class ScaledValues(NamedTuple):
@@ -146,7 +147,12 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
                 if backward is None:
                     backward = _COMPILED[product] = tf.function(
                         _backward, jit_compile=True, autograph=False)
-            dx, dlw = backward(product, routing, p, w, s, lw, g, keys)
+            # the product's input log-values, up to a constant per cell: for choices
+            # made child by child (sums.unweighted_choice_by_child)
+            x_in = None
+            if routing == "hard_unweighted" and product.combinations() is not None:
+                x_in = tf.math.log(inputs[0]) if scaled_input else inputs[0]
+            dx, dlw = backward(product, routing, p, w, s, lw, g, keys, x_in)
             if shared:
                 dlw = tf.reduce_sum(dlw, axis=0, keepdims=True)
             if scaled_input:  # the signal of the log-values goes to s (convention above)
@@ -165,19 +171,26 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
     return ScaledValues(s_out, m_out, log_floor)
 
 
-def _backward(product, routing, p, w, s, lw, g, keys):
-    """Signal at the product's input and counts of the sum, for ``g`` ``[N, B, C_out]``."""
+def _backward(product, routing, p, w, s, lw, g, keys, x_in=None):
+    """Signal at the product's input and counts of the sum, for ``g`` ``[N, B, C_out]``;
+    ``x_in``: the product's input log-values (up to a constant per input cell), for
+    unweighted choices over a one-hot product of all combinations."""
     n_cells, batch, c_in = tf.unstack(tf.shape(p))
     c_out = tf.shape(g)[2]
     if routing in ("gradient", "soft"):
         dx, dlw = soft_route(p, w, s, g)
         h_out, w_out = product.out_shape
         return product.backward(tf.reshape(dx, [h_out, w_out, batch, c_in])), dlw
-    # log p differs from the product's log-values by m, constant per (cell, sample): the
-    # same choices. Unweighted choices compare p itself (no log of [N, B, C_in]; the first
-    # sum of the MNIST inpainting net has 256 children per cell).
-    scores = p if routing == "hard_unweighted" else tf.math.log(p)
-    sel, signal = choose(scores, lw, g, keys, routing)
+    if x_in is not None:  # child by child, from the children's own values
+        children = [tf.reshape(c, [n_cells, batch, product.in_channels])
+                    for c in product._children(x_in)]
+        sel = unweighted_choice_by_child(children, keys)
+        signal = tf.reduce_sum(g, axis=-1, keepdims=True)
+    else:
+        # log p differs from the product's log-values by m, constant per (cell, sample):
+        # the same choices. Unweighted choices compare p itself (no log of [N, B, C_in]).
+        scores = p if routing == "hard_unweighted" else tf.math.log(p)
+        sel, signal = choose(scores, lw, g, keys, routing)
     dx = product.transpose(_child_signals(product, sel, signal))
     # Counts: the signal of channel o* goes to (sel, o*); a segment sum, as a one-hot
     # matmul would write [N, B, C_in] again.

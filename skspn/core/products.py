@@ -189,6 +189,13 @@ class Product(tf.Module):
             rows = np.unique(np.concatenate([rows, draws]), axis=0)
         return rows[np.sort(rng.choice(len(rows), size=count, replace=False))]
 
+    def combinations(self):
+        """``(C_in, n_children)`` when the output channels are all combinations of one
+        channel per child (``combination_digits``), else None."""
+        if self.mode == "one_hot" and self.channel_index is None:
+            return self.in_channels, len(self.offsets)
+        return None
+
     def combination_digits(self, codes):
         """Each child's channel in the combinations ``codes`` (numpy or TensorFlow integers):
         their mixed-radix digits in base ``in_channels``, first child most significant, one
