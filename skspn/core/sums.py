@@ -23,10 +23,10 @@ backward pass sends the incoming signal to the children, chosen per call:
 Ties are broken uniformly at random (``max``: at the first maximiser, so that an MPE does
 not depend on the rest of the batch), which matters when children are exactly equal
 (e.g. components of a marginalised pixel or of a padded border cell); ``hard_unweighted``
-over a one-hot product of all combinations chooses, and breaks ties, child by child
-(``unweighted_choice_by_child``). All random draws are keyed by the sample's index in the
-global batch (``keyed_random``), so a batch split over replicas routes every sample as
-the whole batch on one device would.
+over a one-hot product of all combinations in a large (compiled) layer chooses, and breaks
+ties, child by child (``unweighted_choice_by_child``). All random draws are keyed by the
+sample's index in the global batch (``keyed_random``), so a batch split over replicas
+routes every sample as the whole batch on one device would.
 """
 
 from __future__ import annotations
