@@ -1123,6 +1123,22 @@ def test_queries_answer_with_the_normalised_weights_given(case, fuse, jit, monke
             np.testing.assert_array_equal(value, reference, err_msg=key)
 
 
+def one_layer_product(spec, shape, crop=None):
+    """A ``Product`` of ``spec`` over ``shape`` cells on its own (no full-scope top needed):
+    all output cells of each axis, or the crop ``((start, size), (start, size))``."""
+    import dataclasses
+
+    from skspn.core.products import Product
+    from skspn.core.scopes import ResolvedProduct
+
+    axes = tuple(dataclasses.replace(op, out_start=c[0], out_size=c[1]) if c else
+                 dataclasses.replace(op, out_size=op.n_out_unpadded(n))
+                 for op, n, c in zip(spec.axes, shape, crop or (None, None)))
+    out_shape = tuple(op.out_size for op in axes)
+    return Product(ResolvedProduct(spec=spec, in_shape=shape, out_shape=out_shape,
+                                   axes=axes), in_channels=3)
+
+
 # Strided products take their children as unit-stride slices of the input viewed as blocks
 # (``Product._blocked``); the reference is the plain strided slices.
 @pytest.mark.parametrize("kernel, strides, dilations, padding", [
@@ -1134,18 +1150,11 @@ def test_queries_answer_with_the_normalised_weights_given(case, fuse, jit, monke
 ])
 def test_blocked_children_equal_strided_slices(kernel, strides, dilations, padding,
                                                monkeypatch):
-    import dataclasses
-
     from skspn.core.products import Product
-    from skspn.core.scopes import ResolvedProduct
 
     shape = (8, 9)
-    spec = product_spec(kernel, strides=strides, dilations=dilations, padding=padding)
-    # One layer on its own (no full-scope top needed): all output cells of each axis.
-    out_shape = tuple(op.n_out_unpadded(n) for op, n in zip(spec.axes, shape))
-    axes = tuple(dataclasses.replace(op, out_size=n) for op, n in zip(spec.axes, out_shape))
-    product = Product(ResolvedProduct(spec=spec, in_shape=shape, out_shape=out_shape,
-                                      axes=axes), in_channels=3)
+    product = one_layer_product(
+        product_spec(kernel, strides=strides, dilations=dilations, padding=padding), shape)
     assert product._blocked()
     x = tf.constant(np.random.default_rng(0).normal(size=shape + (2, 3)), tf.float32)
     blocked = [c.numpy() for c in product._children(x, pad_value=0.5)]
@@ -1169,20 +1178,12 @@ def test_blocked_children_equal_strided_slices(kernel, strides, dilations, paddi
 ])
 def test_products_along_axes_equal_shifted_slices(kernel, dilations, padding, crop,
                                                   monkeypatch):
-    import dataclasses
-
     from skspn.core.products import Product
-    from skspn.core.scopes import ResolvedProduct
 
     shape = (8, 9) if kernel != (2, 2) or dilations[0] < 16 else (28, 28)
-    spec = product_spec(kernel, dilations=dilations, padding=padding)
-    # One layer on its own (no full-scope top needed): all output cells, or a crop.
-    axes = tuple(dataclasses.replace(op, out_start=c[0], out_size=c[1]) if c else
-                 dataclasses.replace(op, out_size=op.n_out_unpadded(n))
-                 for op, n, c in zip(spec.axes, shape, crop or (None, None)))
-    out_shape = tuple(op.out_size for op in axes)
-    product = Product(ResolvedProduct(spec=spec, in_shape=shape, out_shape=out_shape,
-                                      axes=axes), in_channels=3)
+    product = one_layer_product(product_spec(kernel, dilations=dilations, padding=padding),
+                                shape, crop)
+    out_shape = product.out_shape
     assert product._separable()
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=shape + (2, 3)), tf.float32)
