@@ -48,3 +48,15 @@ def data_home():
             "mnist/, fashion-mnist/ and olivetti/"
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def strategy():
+    """One 2-replica ``MirroredStrategy`` for the whole session: strategies created one
+    after another in a process number their collective all-reduces alike, and two
+    all-reduces of different structures under the same number abort."""
+    import tensorflow as tf
+
+    if len(tf.config.list_logical_devices("CPU")) < 2:
+        pytest.skip("needs 2 logical CPU devices (set up by pytest_configure)")
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -1343,7 +1343,7 @@ def test_gradient_registrations_are_released_safely_across_threads():
 
 
 @pytest.mark.parametrize("where", ["plain", "plain-xla", "mirrored", "mirrored-in-scope"])
-def test_adam_update_is_adam(where, monkeypatch):
+def test_adam_update_is_adam(where, monkeypatch, request):
     """``Adam.apply`` is Adam with bias correction and epsilon outside the square root:
     three steps against numpy. Plain variables take one fused kernel each; a
     ``MirroredStrategy``'s variables take the formula, which updates every replica's copy
@@ -1367,12 +1367,7 @@ def test_adam_update_is_adam(where, monkeypatch):
         v = b2 * v + (1 - b2) * g * g
         expect = expect - lr * np.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v) + eps)
 
-    strategy = None
-    if where.startswith("mirrored"):
-        devices = tf.config.list_logical_devices("CPU")
-        if len(devices) < 2:
-            pytest.skip("needs 2 logical CPU devices (set up by conftest.pytest_configure)")
-        strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    strategy = request.getfixturevalue("strategy") if where.startswith("mirrored") else None
     with strategy.scope() if strategy else contextlib.nullcontext():
         variables = [tf.Variable(x) for x in init]
         adam = Adam(variables, lr, epsilon=eps)
@@ -1387,6 +1382,58 @@ def test_adam_update_is_adam(where, monkeypatch):
     np.testing.assert_array_equal(variables[1].numpy(), init[1])
     assert int(adam.iterations.numpy()) == 3
     assert bool(kernel_calls) == (strategy is None)
+
+
+@pytest.mark.parametrize("where", ["plain", "plain-xla", "mirrored"])
+@pytest.mark.parametrize("objective", ["nll", "ce"])
+def test_gradient_step_is_adam_on_the_weighted_mean_loss(objective, where, request):
+    """One ``GradientLearner`` step is Adam on the gradient of the sample-weighted mean
+    loss, computed here by autodiff of ``log_softmax`` of the accumulators (not through
+    ``SpatialSum.normalised``); under a ``MirroredStrategy`` each replica differentiates
+    its half of the batch and the halves add up. A large epsilon makes the step depend on
+    the gradient's scale, which Adam otherwise almost cancels."""
+    import contextlib
+
+    from skspn.core.learning import GradientLearner
+
+    name = "1x3-depthwise-stride2-classes" if objective == "ce" else "2x2-depthwise-k3"
+    strategy = request.getfixturevalue("strategy") if where == "mirrored" else None
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        net = em_net(name, seed=30)
+        learner = GradientLearner(net, objective, 0.05, jit_compile=where == "plain-xla",
+                                  strategy=strategy)
+    learner.optimizer.epsilon = 0.5
+    rng = np.random.default_rng(31)
+    shape = net.spatial_shape
+    x = np.concatenate([rng.integers(0, 2, size=(3,) + shape).astype(np.float64),
+                        random_evidence(shape, 3, rng)])
+    weight = rng.uniform(0.2, 3.0, size=len(x)).astype(np.float32)
+    y = rng.integers(0, 2, size=len(x)).astype(np.int32)
+
+    before = [v.numpy().astype(np.float64) for v in learner.variables]
+    with tf.GradientTape() as tape:
+        log_weights = [tf.nn.log_softmax(layer.accumulator, axis=1)
+                       for layer in net.weight_layers]
+        top, root = net.forward_from_leaves(net.leaf_log_prob(to_tf(x)), log_weights)
+        if objective == "nll":
+            per_sample = -root
+        else:
+            joint = top + log_weights[-1][0, :, 0]
+            per_sample = -tf.gather(tf.nn.log_softmax(joint, axis=-1), y, axis=1,
+                                    batch_dims=1)
+        loss = tf.reduce_sum(weight * per_sample) / weight.sum()
+    grads = tape.gradient(loss, learner.variables)
+    assert all(g is not None for g in grads)
+
+    returned = learner.step(to_tf(x), weight, np.array([1, 2], np.int64), y)
+    np.testing.assert_allclose(returned, loss.numpy(), rtol=1e-5)
+    opt = learner.optimizer
+    for var, start, g in zip(learner.variables, before, grads):
+        g = g.numpy().astype(np.float64)
+        m, v = (1 - opt.beta_1) * g, (1 - opt.beta_2) * g * g
+        lr = 0.05 * np.sqrt(1 - opt.beta_2) / (1 - opt.beta_1)
+        expect = start - lr * m / (np.sqrt(v) + opt.epsilon)
+        np.testing.assert_allclose(var.numpy(), expect, rtol=1e-4, atol=1e-6, err_msg=var.name)
 
 
 @pytest.mark.parametrize("by_child", [True, False])

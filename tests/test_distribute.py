@@ -19,13 +19,6 @@ from skspn import DGCSPNClassifier, DGCSPNDensityEstimator, DGCSPNImputer
 
 
 @pytest.fixture(scope="module")
-def strategy():
-    if len(tf.config.list_logical_devices("CPU")) < 2:
-        pytest.skip("needs 2 logical CPU devices (set up by conftest.pytest_configure)")
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-
-
-@pytest.fixture(scope="module")
 def digits_with_nan():
     X = load_digits().data[:300].copy()
     rng = np.random.default_rng(0)

@@ -181,8 +181,9 @@ class GradientLearner:
     """Adam on ``-mean log p(x)`` (``objective='nll'``) or the class cross-entropy (``'ce'``).
 
     Trains every trainable variable of the network: log-space accumulators and, when the
-    leaf was built trainable, its parameters. With a ``strategy`` the summed losses and
-    gradients of all replicas are all-reduced, then divided by the global weight sum.
+    leaf was built trainable, its parameters. With a ``strategy`` each replica differentiates
+    its shard's summed loss divided by the global batch's weight sum, and the losses and
+    gradients of all replicas are all-reduced.
     """
 
     def __init__(self, network: DGCSPN, objective="nll", learning_rate=1e-3,
@@ -227,27 +228,30 @@ class GradientLearner:
             per_sample = -tf.gather(log_post, y, axis=1, batch_dims=1)
         return tf.reduce_sum(weight * per_sample)
 
-    def _batch_gradients(self, x, y, weight, sample_index, seed, keep_masks=None):
-        """Gradients of the summed loss, the summed loss and ``sum weight`` of one shard.
+    def _batch_gradients(self, x, y, weight, sample_index, seed, keep_masks=None, scale=1.0):
+        """Gradients of ``scale`` times the summed loss of one shard, and that summed loss.
 
         Variables the loss does not reach get no gradient (``None``), as without a strategy:
         they are left out here and skipped by Adam.
         """
         with tf.GradientTape() as tape:
             loss_sum = self._summed_loss(x, y, weight, sample_index, seed, keep_masks)
-        grads = tape.gradient(loss_sum, self.variables)
+            scaled = loss_sum * scale
+        grads = tape.gradient(scaled, self.variables)
         reached = {i: g for i, g in enumerate(grads) if g is not None}
-        return reached, loss_sum, tf.reduce_sum(weight)
+        return reached, loss_sum
 
     def _step_impl(self, x, y, weight, seed, keep_masks=None):
         batch = (x, y, weight, tf.range(tf.shape(x)[0]))
-        reached, loss_sum, weight_sum = self.parallel(
-            functools.partial(self._batch_gradients, keep_masks=keep_masks), batch, seed)
-        # A batch of zero total weight has zero gradients (not 0 / 0 = NaN).
-        weight_sum = tf.maximum(weight_sum, 1e-30)
-        grads = [reached[i] / weight_sum if i in reached else None
-                 for i in range(len(self.variables))]
-        self.optimizer.apply(grads)
+        # The gradient of the mean loss: the loss is divided by the global batch's weight
+        # sum before differentiating (the sum over replicas of each shard's share), which
+        # scales one number per sample instead of every gradient afterwards (a pass over
+        # each variable). A batch of zero total weight has zero gradients (not 0 / 0).
+        weight_sum = tf.maximum(tf.reduce_sum(weight), 1e-30)
+        reached, loss_sum = self.parallel(
+            functools.partial(self._batch_gradients, keep_masks=keep_masks,
+                              scale=1.0 / weight_sum), batch, seed)
+        self.optimizer.apply([reached.get(i) for i in range(len(self.variables))])
         return loss_sum / weight_sum
 
     def step(self, x, weight, seed, y=None):

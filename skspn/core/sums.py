@@ -358,23 +358,34 @@ class SpatialSum(tf.Module):
         return tf.reshape(out, tf.concat([shape[:3], [self.out_channels]], 0))
 
 
-@tf.custom_gradient
 def _normalise_log(a):
-    """``SpatialSum.normalised`` of log-space accumulators ``a`` ``[N | 1, C_in, C_out]``."""
+    """``SpatialSum.normalised`` of log-space accumulators ``a`` ``[N | 1, C_in, C_out]``.
+
+    Only ``log_w`` and its minimum leave through the hand-written gradient. Every sum
+    takes ``w`` as the value of ``exp(log_w)`` and passes its gradient on to ``log_w``
+    (``exp_of``, ``product_sum``), so ``w`` gets none; as a third output of the custom
+    gradient it received a zero tensor anyway, which cost three passes over the weights
+    in every Adam step (a fill, a multiply and an add). Taken differentiably, ``w`` has
+    the gradient of ``e / total`` by ordinary autodiff.
+    """
     top = tf.stop_gradient(tf.reduce_max(a, axis=1, keepdims=True))
     e = tf.exp(a - top)
     total = tf.reduce_sum(e, axis=1, keepdims=True)
     w = e / total
-    log_w = a - (top + tf.math.log(total))
+    log_total = top + tf.math.log(total)
 
-    def grad(g_log_w, g_w, g_min):
-        del g_min  # the minimum only bounds values (a stop-gradient quantity)
-        g = tf.zeros_like(w) if g_log_w is None else g_log_w
-        if g_w is not None:
-            g = g + g_w * w  # d w = w d log_w
-        return g - w * tf.reduce_sum(g, axis=1, keepdims=True)
+    @tf.custom_gradient
+    def log_softmax(a):
+        log_w = a - log_total
 
-    return (log_w, w, tf.reduce_min(log_w)), grad
+        def grad(g_log_w, g_min):
+            del g_min  # the minimum only bounds values (a stop-gradient quantity)
+            return g_log_w - w * tf.reduce_sum(g_log_w, axis=1, keepdims=True)
+
+        return (log_w, tf.reduce_min(log_w)), grad
+
+    log_w, log_min = log_softmax(a)
+    return log_w, w, log_min
 
 
 def default_accumulators(shape, log_space, rng):
