@@ -344,6 +344,24 @@ def test_imputer_any_nan_scalar_marks_missing_values(digits_split):
     assert np.isfinite(imp.transform(X)).all()
 
 
+def test_imputer_pandas_na_marks_missing_values(digits_split):
+    """``missing_values=pd.NA`` (as ``sklearn.impute.SimpleImputer`` takes it) on pandas'
+    nullable columns: the same fit and completions as NaN with ``np.nan``, and NaN put
+    back by ``inverse_transform``."""
+    pd = pytest.importorskip("pandas")
+    X_train = np.concatenate([_bottom_half_missing(digits_split[0][:30]),
+                              digits_split[0][30:100]])
+    X = _bottom_half_missing(digits_split[1][:10])
+    params = dict(max_epochs=1, sum_channels=4, random_state=0, add_indicator=True)
+    expect = DGCSPNImputer(**params).fit(X_train).transform(X)
+    nullable = [pd.DataFrame(a).astype("Float64") for a in (X_train, X)]
+    assert nullable[1].isna().to_numpy().sum() == np.isnan(X).sum()
+    imp = DGCSPNImputer(missing_values=pd.NA, **params).fit(nullable[0])
+    out = imp.transform(nullable[1])
+    np.testing.assert_allclose(out, expect, rtol=1e-6)
+    np.testing.assert_array_equal(np.isnan(imp.inverse_transform(out)), np.isnan(X))
+
+
 def test_imputer_mpe_completion(digits_split):
     X_train, X_test = digits_split[0][:300], digits_split[1][:10]
     X = _bottom_half_missing(X_test)

@@ -11,7 +11,8 @@ from scipy.special import logsumexp, softmax
 from sklearn.base import OneToOneFeatureMixin, TransformerMixin, _fit_context, clone
 from sklearn.impute import MissingIndicator
 from sklearn.utils import check_array, check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._missing import is_pandas_na, is_scalar_nan
+from sklearn.utils._param_validation import Interval, MissingValues, StrOptions
 from sklearn.utils._set_output import _get_output_config
 
 from ._base import _is_unfitted, _unfitted_if_it_fails
@@ -30,11 +31,12 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
 
     Parameters
     ----------
-    missing_values : float, int or np.nan, default=np.nan
+    missing_values : float, int, np.nan, pd.NA or None, default=np.nan
         The placeholder for missing values: ``transform`` imputes all its occurrences,
-        ``score_samples`` and ``score`` marginalise them. With any other value than NaN,
-        NaN in ``X`` is an error (as in ``sklearn.impute``). ``impute`` always takes NaN as
-        its marker.
+        ``score_samples`` and ``score`` marginalise them. ``pd.NA`` and None mean the same
+        as NaN (pandas' nullable columns arrive as NaN; ``inverse_transform`` puts NaN
+        back). With any other value than these, NaN in ``X`` is an error (as in
+        ``sklearn.impute``). ``impute`` always takes NaN as its marker.
     completion : {'marginal', 'mpe'}, default='marginal'
         ``'marginal'``: posterior-weighted component modes (the paper's inpainting);
         ``'mpe'``: the max-product (MPE) completion (see ``impute``; approximate: not
@@ -126,7 +128,7 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
 
     _parameter_constraints: dict = {
         **GenerativeDGCSPN._parameter_constraints,
-        "missing_values": [numbers.Real, None],
+        "missing_values": [MissingValues(numeric_only=True), None],
         "completion": [StrOptions({"marginal", "mpe"})],
         "n_networks": [Interval(Integral, 1, None, closed="left")],
         "min_value": [None, numbers.Real, "array-like"],
@@ -158,7 +160,7 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
 
     def _with_nan(self, X):
         """Replace ``missing_values`` by NaN (the core's marker of a missing entry)."""
-        if self.missing_values is None or np.isnan(self.missing_values):  # any NaN scalar
+        if _marks_nan(self.missing_values):
             return X
         if sp.issparse(X):  # refused by the input validation, with a clear message
             return X
@@ -432,7 +434,7 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
                              f"{n_features} + {len(features)} indicator features")
         X_original = X[:, :n_features].copy()
         missing = X[:, n_features:] != 0
-        fill = np.nan if self.missing_values is None else self.missing_values
+        fill = np.nan if _marks_nan(self.missing_values) else self.missing_values
         X_original[:, features] = np.where(missing, fill, X_original[:, features])
         return X_original
 
@@ -489,3 +491,9 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
+
+
+def _marks_nan(missing_values):
+    """Whether the placeholder ``missing_values`` means NaN (NaN, pd.NA or None)."""
+    return missing_values is None or is_scalar_nan(missing_values) or is_pandas_na(
+        missing_values)
