@@ -30,8 +30,6 @@ from .products import XLA_MIN_PIXELS, Product, product_channels, tracing_for_xla
 from .scopes import ProductSpec, resolve
 from .sums import LOG_ZERO, SpatialSum, routed_sum
 
-_SEED_SPEC = tf.TensorSpec([2], tf.int64)
-
 #: Salt of the leaf draws of ``complete(method='sample')``; the layers' streams are their
 #: index, 500 / 501 (top sums), 1000 (input dropout) and 2000 + index (product dropout).
 _LEAF_STREAM = 1_000_000
