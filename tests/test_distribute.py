@@ -7,7 +7,11 @@ sample's index in the global batch, distributed training is single-device traini
 float rounding (exactly, for hard-EM counts).
 """
 
+import os
 import pickle
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -16,6 +20,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from skspn import DGCSPNClassifier, DGCSPNDensityEstimator, DGCSPNImputer
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +183,38 @@ def test_one_device_strategy(digits_with_nan):
         one = DGCSPNDensityEstimator(**params).fit(digits_with_nan)
     for a, b in zip(single.network_weights_, one.network_weights_):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_second_strategy_whose_all_reduces_collide_gets_a_clear_error():
+    """Two ``MirroredStrategy`` objects in one process number their all-reduces alike, and
+    TensorFlow aborts when the second's differ in shape from the first's (TensorFlow issue
+    #62790); the fit then says so and what to do, instead of TensorFlow's collective-ops
+    error. In a fresh process: the abort lasts for the life of the process."""
+    script = textwrap.dedent("""
+        import skspn.core
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from sklearn.datasets import load_digits
+        from skspn import DGCSPNClassifier, DGCSPNImputer
+        X, y = load_digits(return_X_y=True)
+        X, y = X[:100], y[:100]
+        devices = ["/cpu:0", "/cpu:1"]
+        with tf.distribute.MirroredStrategy(devices).scope():
+            DGCSPNClassifier(max_epochs=1, sum_channels=4, random_state=0).fit(X, y)
+        imputer = DGCSPNImputer(max_epochs=1, sum_channels=8, random_state=0)
+        try:
+            with tf.distribute.MirroredStrategy(devices).scope():
+                imputer.fit(X)
+        except RuntimeError as error:
+            assert "Create one strategy and fit every model" in str(error), error
+            assert not hasattr(imputer, "n_features_in_")
+            print("clear error")
+        else:
+            print("no collision")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=REPO_ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "clear error", result.stdout

@@ -26,6 +26,11 @@ SUPPORTED_STRATEGIES = (tf.distribute.MirroredStrategy,
                         tf.distribute.OneDeviceStrategy)
 
 
+#: What TensorFlow's error says when an all-reduce met one of another shape under the same
+#: collective keys (see ``DataParallel.execute``).
+_COLLECTIVE_ABORT = "Collective ops is aborted"
+
+
 def current_strategy():
     """The strategy of the surrounding ``with strategy.scope():`` block, or ``None``.
 
@@ -118,6 +123,30 @@ class DataParallel:
         # All replicas now hold the same totals: take this worker's first copy.
         return tf.nest.map_structure(
             lambda v: self.strategy.experimental_local_results(v)[0], per_replica)
+
+    def execute(self, compiled, *args):
+        """``compiled(*args)``: a step whose graph runs ``self(...)``.
+
+        Under a strategy, an all-reduce that TensorFlow aborts because another strategy
+        object ran differently shaped all-reduces in this process before raises a
+        ``RuntimeError`` that says so, instead of TensorFlow's collective-ops error.
+        """
+        if self.strategy is None:
+            return compiled(*args)
+        try:
+            return compiled(*args)
+        except tf.errors.OpError as error:
+            if _COLLECTIVE_ABORT not in str(error):
+                raise
+            raise RuntimeError(
+                f"TensorFlow aborted the all-reduce of a training step under "
+                f"{type(self.strategy).__name__}: another tf.distribute strategy object over "
+                "these devices has probably run all-reduces in this process before. "
+                "TensorFlow numbers the all-reduces of every such strategy alike, so those of "
+                "a second one collide with the first's when their shapes differ (TensorFlow "
+                "issue #62790). Create one strategy and fit every model of the process in its "
+                "scope; TensorFlow's collective ops stay aborted until the process restarts."
+            ) from error
 
     def scope(self):
         """Context in which variables are created (mirrored under a strategy)."""

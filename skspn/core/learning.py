@@ -113,11 +113,12 @@ class EMLearner:
         """One EM step on batch ``x`` with per-sample ``weight`` (0 = padding row);
         returns the batch's weighted mean ``log p(x)`` (with the weights before the update)."""
         if self.update != "epoch":
-            return float(self._step(x, weight, seed))
+            return float(self.parallel.execute(self._step, x, weight, seed))
         if self._epoch_weights is None:  # the first step of a pass
             self._epoch_weights = self._normalised_weights()
         try:
-            return float(self._step(x, weight, seed, self._epoch_weights))
+            return float(self.parallel.execute(self._step, x, weight, seed,
+                                               self._epoch_weights))
         except BaseException:  # an interrupted pass: the next step starts from the variables
             self._epoch_weights = None
             raise
@@ -261,8 +262,8 @@ class GradientLearner:
         if self._mask_plan:
             seed = tf.constant(seed, tf.int64)
             masks = self._masks(seed, tf.range(len(x), dtype=tf.int32))
-            return float(self._step(x, y, weight, seed, masks))
-        return float(self._step(x, y, weight, seed))
+            return float(self.parallel.execute(self._step, x, y, weight, seed, masks))
+        return float(self.parallel.execute(self._step, x, y, weight, seed))
 
 
 def _compiled(fn, input_signature, jit_compile, network):
