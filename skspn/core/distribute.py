@@ -1,12 +1,13 @@
 """Data-parallel training steps through ``tf.distribute``.
 
 A training step is written once, as a function of one batch that returns *sums* (EM
-counts, sums of per-sample losses and their gradients, sums of weights). Without a
-strategy it runs as is. Under ``MirroredStrategy`` (several devices of one machine) or
-``MultiWorkerMirroredStrategy`` (several machines, configured through ``TF_CONFIG``) every
-replica runs it on its shard of the global batch and the sums are all-reduced; because
-the step returns sums, not means, the reduced result is exactly the single-device result
-for the same global batch (up to float rounding).
+counts, sums of per-sample losses, their gradients scaled by the global batch's weight
+sum, sums of weights). Without a strategy it runs as is. Under ``MirroredStrategy``
+(several devices of one machine) or ``MultiWorkerMirroredStrategy`` (several machines,
+configured through ``TF_CONFIG``) every replica runs it on its shard of the global batch
+and the sums are all-reduced; because the step returns sums, not means, the reduced
+result is exactly the single-device result for the same global batch (up to float
+rounding).
 
 Every replica receives the whole global batch and slices its own rows, so the caller
 feeds the same numpy batch everywhere (in multi-worker training every worker runs the same
@@ -27,8 +28,9 @@ SUPPORTED_STRATEGIES = (tf.distribute.MirroredStrategy,
 
 
 #: What TensorFlow's error says when an all-reduce met one of another shape under the same
-#: collective keys (see ``DataParallel.execute``).
-_COLLECTIVE_ABORT = "Collective ops is aborted"
+#: collective keys (see ``DataParallel.execute``); other aborts (a lost worker, a timeout)
+#: keep their own errors.
+_COLLECTIVE_COLLISION = "Shape mismatch in the collective instance"
 
 
 def current_strategy():
@@ -129,14 +131,17 @@ class DataParallel:
 
         Under a strategy, an all-reduce that TensorFlow aborts because another strategy
         object ran differently shaped all-reduces in this process before raises a
-        ``RuntimeError`` that says so, instead of TensorFlow's collective-ops error.
+        ``RuntimeError`` that says so, instead of TensorFlow's collective-ops error; any
+        other error is raised as it is.
         """
         if self.strategy is None:
             return compiled(*args)
         try:
             return compiled(*args)
         except tf.errors.OpError as error:
-            if _COLLECTIVE_ABORT not in str(error):
+            said = [line.strip() for line in str(error).splitlines()
+                    if _COLLECTIVE_COLLISION in line]
+            if not said:
                 raise
             raise RuntimeError(
                 f"TensorFlow aborted the all-reduce of a training step under "
@@ -145,7 +150,8 @@ class DataParallel:
                 "TensorFlow numbers the all-reduces of every such strategy alike, so those of "
                 "a second one collide with the first's when their shapes differ (TensorFlow "
                 "issue #62790). Create one strategy and fit every model of the process in its "
-                "scope; TensorFlow's collective ops stay aborted until the process restarts."
+                "scope; TensorFlow's collective ops stay aborted until the process restarts. "
+                f"TensorFlow said: {said[0]}"
             ) from error
 
     def scope(self):

@@ -8,9 +8,10 @@
 - ``CompiledOps``: the batched inference queries, traced once per network.
 
 Both learners take an optional ``tf.distribute`` strategy (``distribute.DataParallel``):
-their per-batch work returns sums (counts, summed losses and gradients, summed weights),
-which are all-reduced over replicas before the update, so a step on ``R`` replicas equals
-the single-device step on the same global batch.
+their per-batch work returns sums (counts, summed losses, gradients of the summed loss
+over the global batch's weight sum, summed weights), which are all-reduced over replicas
+before the update, so a step on ``R`` replicas equals the single-device step on the same
+global batch.
 
 Adam is written out here (a few lines) rather than taken from Keras so that its state is
 plain ``tf.Variable``s that can be exported to numpy and restored exactly.

@@ -368,6 +368,7 @@ def _normalise_log(a):
     in every Adam step (a fill, a multiply and an add). Taken differentiably, ``w`` has
     the gradient of ``e / total`` by ordinary autodiff.
     """
+    a = tf.convert_to_tensor(a)  # a variable: read once, not by each op below
     top = tf.stop_gradient(tf.reduce_max(a, axis=1, keepdims=True))
     e = tf.exp(a - top)
     total = tf.reduce_sum(e, axis=1, keepdims=True)
