@@ -214,7 +214,7 @@ def _child_signals(product, sel, signal):
     """
     h_out, w_out = product.out_shape
     batch = tf.shape(sel)[1:2]
-    if product.mode == "one_hot" and product.channel_index is None:
+    if product.combinations() is not None:
         radix = product.in_channels
         shape = tf.concat([[h_out, w_out], batch, [radix]], 0)
         return [tf.reshape(tf.one_hot(digit, radix) * signal, shape)
