@@ -728,7 +728,7 @@ def test_normalised_log_space_weights_and_their_gradient_match_the_formula():
             got, expect = (tape.gradient(loss, layer.accumulator) for loss in losses)
             np.testing.assert_allclose(log_w, expect_log, rtol=1e-6, atol=1e-5)
             np.testing.assert_allclose(w, expect_w, rtol=1e-5, atol=1e-7)
-            assert log_min.numpy() == np.min(log_w.numpy())
+            np.testing.assert_array_equal(log_min, np.min(log_w.numpy(), axis=1))
             np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-5, err_msg=use)
 
 
@@ -994,8 +994,15 @@ FUSED_CASES = {
     "2x3-onehot-maxdepth": {},
     "3x3-depthwise-stride2-maxdepth": {},  # interleave, then shifted windows
     # Log-weights down to about -60: a depthwise product of the fused layer's values could
-    # underflow, so Product.scaled_from takes the log-values instead of multiplying.
-    "2x3-onehot-maxdepth-extreme-weights": dict(name="2x3-onehot-maxdepth", weight_scale=8.0),
+    # underflow, so Product.scaled_from takes the log-values instead of multiplying (in one
+    # of the two layers; the bound is per cell and channel).
+    "2x3-onehot-maxdepth-extreme-weights": dict(name="2x3-onehot-maxdepth", weight_scale=8.0,
+                                                all_multiply=False),
+    # Log-weights down to about -45: n times the smallest weight of a layer (-73, -79) would
+    # send both layers through the log-values, the bounds per cell and channel (-53, -38)
+    # do not, so the values are multiplied over a wide range.
+    "2x3-onehot-maxdepth-wide-weights": dict(name="2x3-onehot-maxdepth", weight_scale=6.0,
+                                             all_multiply=True),
 }
 
 
@@ -1011,6 +1018,7 @@ def test_fused_product_sum_equals_separate_layers(case, monkeypatch):
     monkeypatch.setattr(products, "XLA_MIN_CELLS", 0)
     over = dict(FUSED_CASES[case])
     weight_scale = over.pop("weight_scale", None)
+    all_multiply = over.pop("all_multiply", True)
     net = build(over.pop("name", case), seed=31, **over)
     assert any(p.scalable for p in net.products[:len(net.sums)])
     if weight_scale is not None:
@@ -1019,13 +1027,17 @@ def test_fused_product_sum_equals_separate_layers(case, monkeypatch):
 
     def multiplies():  # per fused layer on a fused layer: values multiplied, not logs
         lw = net.log_weights()
-        return [len(p.offsets) * float(tf.reduce_min(lw[i])) >= products.LINEAR_MIN_LOG
+        return [float(tf.reduce_min(p._forward(floor_of(lw[i], p)))) >= products.LINEAR_MIN_LOG
                 for i, p in enumerate(net.products[1:len(net.sums)]) if p.scalable]
+
+    def floor_of(log_w, product):  # the smallest weight per cell and channel of the sum
+        (h, w), c = product.resolved.in_shape, product.in_channels
+        return tf.reshape(tf.reduce_min(log_w, axis=1), [h, w, 1, c])
 
     if case in ("3x3-onehot", "3x3-onehot-subset", "3x3-onehot-shared-counts"):
         assert multiplies() == []
     else:
-        assert multiplies() and all(multiplies()) == (weight_scale is None)
+        assert multiplies() and all(multiplies()) == all_multiply
     rng = np.random.default_rng(32)
     shape = net.spatial_shape
     x = np.concatenate([rng.integers(0, 2, size=(5,) + shape).astype(np.float64),
@@ -1071,6 +1083,7 @@ def test_queries_answer_with_the_normalised_weights_given(case, fuse, jit, monke
     monkeypatch.setattr(products, "XLA_MIN_CELLS", 0)
     over = dict(FUSED_CASES.get(case, {}))
     weight_scale = over.pop("weight_scale", 1.0)
+    over.pop("all_multiply", None)
     name = over.pop("name", case)
     net, other = build(name, seed=31, **over), build(name, seed=31, **over)
     randomize_weights(other, np.random.default_rng(99))  # same leaves, other sums
@@ -1204,6 +1217,38 @@ def test_products_along_axes_equal_shifted_slices(kernel, dilations, padding, cr
     for a, b, c in zip(along, sliced, compiled):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(c, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("tiny_cells, multiplies", [
+    ([(3, 4)], True),  # one tiny child per output: at least 1e-12 * 0.1 ** 3
+    ([(3, 4), (3, 6), (5, 4), (5, 6)], False),  # four, one per offset: 1e-48 underflows
+])
+def test_scaled_from_multiplies_only_where_the_product_cannot_underflow(tiny_cells,
+                                                                        multiplies):
+    """``Product.scaled_from`` multiplies the values ``s`` when the product of the
+    children's floors (lower bounds of ``log s`` per cell and channel) stays above
+    ``LINEAR_MIN_LOG`` everywhere, and takes the log-values otherwise: where the product of
+    four values of 1e-12 underflows, multiplying gives no finite answer."""
+    from skspn.core import products
+
+    product = one_layer_product(product_spec((2, 2), dilations=(2, 2), padding="full"), (8, 9))
+    rng = np.random.default_rng(1)
+    s = rng.uniform(0.1, 1.0, size=(8, 9, 2, 3))
+    for cell in tiny_cells:
+        s[cell] = 1e-12
+    floor = tf.constant(np.log(s.min(axis=2, keepdims=True)), tf.float32)
+    s = tf.constant(s, tf.float32)
+    m = tf.constant(rng.normal(size=(8, 9, 2, 1)), tf.float32)
+    p_log, m_log = (t.numpy() for t in product._scaled_log_impl(s, m))
+    p_lin, m_lin = (t.numpy() for t in product._scaled_linear_impl(s, m))
+    assert np.all(np.isfinite(p_lin)) == multiplies  # why the log-values are needed
+    # The layer's per-layer bound (n times its smallest value) would refuse both cases.
+    assert 4 * float(tf.reduce_min(floor)) < products.LINEAR_MIN_LOG
+    p, m_out = (t.numpy() for t in product.scaled_from(s, m, floor))
+    np.testing.assert_allclose(p, p_log, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m_out, m_log, rtol=1e-5, atol=1e-5)
+    taken = p_lin if multiplies else p_log
+    np.testing.assert_array_equal(p, taken)  # the path taken, bit for bit
 
 
 @pytest.mark.parametrize("leaf_kind", ["normal", "categorical"])

@@ -48,7 +48,7 @@ class NormalisedWeights(NamedTuple):
 
     log: list  # of Tensor [N | 1, C_in, C_out]
     linear: list  # exp(log)
-    log_min: list  # of scalar Tensor, the smallest of each layer's log-weights
+    log_min: list  # of Tensor [N | 1, C_out]: each sum's smallest log-weight (over C_in)
 
 
 def _keep_mask_impl(like, keys, rate):
@@ -181,7 +181,9 @@ class DGCSPN(tf.Module):
         """``tf.TensorSpec``s of ``normalised_weights()`` (a compiled query's signature)."""
         specs = [tf.TensorSpec(layer.accumulator.shape, tf.float32)
                  for layer in self.weight_layers]
-        return NormalisedWeights(specs, list(specs), [tf.TensorSpec([], tf.float32)] * len(specs))
+        mins = [tf.TensorSpec([shape[0], shape[2]], tf.float32)
+                for shape in (spec.shape for spec in specs)]
+        return NormalisedWeights(specs, list(specs), mins)
 
     def describe(self):
         """Human-readable layer table: name, kernel, dilation, output cells, channels."""

@@ -49,7 +49,9 @@ class ScaledValues(NamedTuple):
 
     s: tf.Tensor  # [H, W, B, C], positive
     m: tf.Tensor  # [H, W, B, 1]
-    log_floor: tf.Tensor  # scalar, a lower bound of log(s) (see Product.scaled_from)
+    # [H, W, 1, C] or [1, 1, 1, C]: a lower bound of log(s) per cell and channel (see
+    # Product.scaled_from)
+    log_floor: tf.Tensor
 
 
 def to_log_values(x):
@@ -96,8 +98,8 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
         The sum's normalised log-weights.
     routing, keys, w
         As ``sums.routed_sum``.
-    log_w_min : scalar Tensor, optional
-        ``min(log_w)``, if the caller has it.
+    log_w_min : Tensor ``[N | 1, C_out]``, optional
+        ``reduce_min(log_w, axis=1)``, if the caller has it.
 
     Returns
     -------
@@ -113,9 +115,13 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
     keys = routing_keys(routing, keys, batch)
     shared = log_w.shape[0] == 1 and n_cells != 1
     # The sum's inputs p have maximum 1 per (cell, sample) (up to an ulp: a reciprocal's
-    # rounding), so every output s_o is at least the weight of the child at that maximum
-    # (also for max routing below); LINEAR_MIN_LOG leaves a wide margin for that ulp.
-    log_floor = tf.stop_gradient(tf.reduce_min(log_w) if log_w_min is None else log_w_min)
+    # rounding), so every output s_o is at least the weight of the child at that maximum,
+    # hence at least min_i w_io of its cell (also for max routing below); LINEAR_MIN_LOG
+    # leaves a wide margin for that ulp.
+    log_floor = tf.stop_gradient(
+        tf.reduce_min(log_w, axis=1) if log_w_min is None else log_w_min)
+    log_floor = tf.reshape(log_floor, [h_out, w_out, 1, c_out] if log_floor.shape[0] != 1
+                           else [1, 1, 1, c_out])
     given_w = w
 
     def layer(inputs, log_w):

@@ -330,8 +330,10 @@ class SpatialSum(tf.Module):
         return tf.math.log(c) - tf.math.log(tf.reduce_sum(c, axis=1, keepdims=True))
 
     def normalised(self):
-        """``(log_w, w, min(log_w))``: ``log_weights()``, its exponential and its minimum,
-        differentiable with respect to the accumulators.
+        """``(log_w, w, log_w_min)``: ``log_weights()``, its exponential and its minimum
+        over the children (``[N | 1, C_out]``: each sum's smallest log-weight, which
+        bounds its output from below, see ``product_sum``), differentiable with respect to
+        the accumulators.
 
         Log-space accumulators ``a`` (trained by gradients) are normalised with one
         exponential, ``w = exp(a - max) / sum``, where ``log_weights()`` and then
@@ -342,7 +344,7 @@ class SpatialSum(tf.Module):
         """
         if not self.log_space:
             log_w = self.log_weights()
-            return log_w, tf.exp(log_w), tf.reduce_min(log_w)
+            return log_w, tf.exp(log_w), tf.reduce_min(log_w, axis=1)
         return _normalise_log(self.accumulator)
 
     def __call__(self, x, log_w, routing="gradient", keys=None, w=None, combinations=None):
@@ -361,7 +363,7 @@ class SpatialSum(tf.Module):
 def _normalise_log(a):
     """``SpatialSum.normalised`` of log-space accumulators ``a`` ``[N | 1, C_in, C_out]``.
 
-    Only ``log_w`` and its minimum leave through the hand-written gradient. Every sum
+    Only ``log_w`` and its minima leave through the hand-written gradient. Every sum
     takes ``w`` as the value of ``exp(log_w)`` and passes its gradient on to ``log_w``
     (``exp_of``, ``product_sum``), so ``w`` gets none; as a third output of the custom
     gradient it received a zero tensor anyway, which cost three passes over the weights
@@ -383,7 +385,7 @@ def _normalise_log(a):
             del g_min  # the minimum only bounds values (a stop-gradient quantity)
             return g_log_w - w * tf.reduce_sum(g_log_w, axis=1, keepdims=True)
 
-        return (log_w, tf.reduce_min(log_w)), grad
+        return (log_w, tf.reduce_min(log_w, axis=1)), grad
 
     log_w, log_min = log_softmax(a)
     return log_w, w, log_min
