@@ -16,6 +16,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.datasets import load_digits
 from sklearn.exceptions import NotFittedError
+from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, MinMaxScaler
@@ -441,6 +442,40 @@ def test_wrong_feature_count(digits, est):
               "DGCSPNImputer": "transform"}[type(est).__name__]
     with pytest.raises(ValueError, match="64 features"):
         getattr(est, method)(np.zeros((2, 63)))
+
+
+@pytest.mark.parametrize("est", _all_estimators() + [DGCSPNImputer(n_networks=2, **SMALL)],
+                         ids=lambda e: f"{type(e).__name__}-{e.get_params().get('n_networks', 1)}")
+def test_parameters_set_after_fit_are_validated_by_queries(digits, est):
+    """Queries read ``standardize``, ``batch_size`` (and the imputer's ``missing_values``
+    and ``completion``) as set now, so they validate them: an invalid value set after fit
+    is an error naming it, not a silently different answer."""
+    X, y = digits
+    est = _fit(est, X[:100], y[:100])
+    X_query = X[100:104].copy()
+    X_query[:, 32:] = np.nan
+    queries = {
+        "DGCSPNClassifier": [lambda: est.predict_proba(X_query),
+                             lambda: est.score_samples(X_query)],
+        "DGCSPNDensityEstimator": [lambda: est.score_samples(X_query),
+                                   lambda: est.impute(X_query),
+                                   lambda: est.sample(2, random_state=0)],
+        "DGCSPNImputer": [lambda: est.transform(X_query), lambda: est.score_samples(X_query)],
+    }[type(est).__name__]
+    before = [q() for q in queries]
+    bad = [dict(standardize="bogus"), dict(batch_size=0)]
+    if isinstance(est, DGCSPNImputer):
+        bad += [dict(completion="sample"), dict(missing_values="NA")]
+    for params in bad:
+        (name, value), = params.items()
+        valid = est.get_params()[name]
+        est.set_params(**params)
+        for query in queries:
+            with pytest.raises(InvalidParameterError, match=f"'{name}' parameter"):
+                query()
+        est.set_params(**{name: valid})
+    for query, answer in zip(queries, before):
+        np.testing.assert_array_equal(query(), answer)
 
 
 @pytest.mark.parametrize("params, match", [

@@ -530,8 +530,11 @@ def test_ensemble_refit_pickle_and_partial_fit(digits_split):
     assert np.array_equal(restored.transform(X_placeholder), out)
     imp.partial_fit(X_train[:64])
     assert imp.n_iter_ == 2 and all(m.n_iter_ == 2 for m in imp.estimators_)
-    with pytest.raises(ValueError, match="n_networks=1 differs"):
-        imp.set_params(n_networks=1).partial_fit(X_train[:64])
+    for n_networks in (1, 3):  # one network or another number: not the fitted ones
+        with pytest.raises(ValueError, match=rf"n_networks={n_networks} differs .*\(2\)"):
+            imp.set_params(n_networks=n_networks).partial_fit(X_train[:64])
+    assert len(imp.estimators_) == 2 and imp.n_iter_ == 2  # untouched
+    imp.set_params(n_networks=1)
     imp.fit(X_train)  # n_networks=1 now: one network, no estimators_
     assert not hasattr(imp, "estimators_") and hasattr(imp, "network_weights_")
     fresh = DGCSPNImputer(n_networks=2, max_epochs=1, sum_channels=4, random_state=0)

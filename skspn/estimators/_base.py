@@ -257,7 +257,10 @@ class BaseDGCSPN(BaseEstimator):
         return (1, n_features, 1)
 
     def _check_fitted(self):
+        """Fitted, and the parameters that queries read (``standardize``, ``batch_size``,
+        ...: a set_params after fit takes effect at the next query) valid."""
         check_is_fitted(self, "network_weights_")
+        self._validate_params()
 
     # ------------------------------------------------------------------ scaling
     def _standardize_mode(self):

@@ -220,9 +220,10 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         first = _is_unfitted(self)
         if first:
             self._forget_fit()
-        elif (self.n_networks == 1) == hasattr(self, "estimators_"):
+        elif self.n_networks != len(getattr(self, "estimators_", [self])):
             raise ValueError(f"n_networks={self.n_networks} differs from the fitted number "
-                             f"of networks; call fit to start over")
+                             f"of networks ({len(getattr(self, 'estimators_', [self]))}); "
+                             f"call fit to start over")
         X = self._with_nan(X)
         if self.n_networks == 1:
             GenerativeDGCSPN.partial_fit(self, X)
@@ -301,6 +302,8 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
     def _check_fitted(self):
         if not hasattr(self, "estimators_"):
             super()._check_fitted()
+        else:
+            self._validate_params()
 
     # ------------------------------------------------------------------ the mixture
     # The networks share this imputer's scaling: the base class standardises once, with the
@@ -382,6 +385,7 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         -------
         log_prob : ndarray of shape (n_samples,)
         """
+        self._check_fitted()  # before missing_values is read
         return super().score_samples(self._with_nan(X))
 
     def transform(self, X):
@@ -399,6 +403,7 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
             ``get_feature_names_out()``. With ``add_indicator``: ``(n_samples, n_features
             + n_indicator_features)``, the indicator columns 0 / 1.
         """
+        self._check_fitted()  # before missing_values and completion are read
         X = self._with_nan(X)
         X_imputed = self.impute(X, method=self.completion, random_state=0)
         if self.add_indicator:
