@@ -126,6 +126,32 @@ def test_warm_start_continues(digits):
     assert not all(np.array_equal(u, v) for u, v in zip(first, clf.network_weights_))
 
 
+def test_warm_fit_with_early_stopping_keeps_the_model_it_started_from(digits, monkeypatch):
+    """A warm fit with early stopping counts the model it starts from as a candidate: when
+    every epoch does worse on the hold-out, it ends where it started (as scikit-learn's
+    MLPClassifier keeps its best validation score across warm fits)."""
+    X_train, _, y_train, _ = digits
+    clf = DGCSPNClassifier(max_epochs=3, early_stopping=True, warm_start=True,
+                           sum_channels=8, n_components=8, random_state=0)
+    clf.fit(X_train[:300], y_train[:300])
+    start = [w.copy() for w in clf.network_weights_]
+    original_epoch = DGCSPNClassifier._epoch
+
+    def ruinous_epoch(self, *args):  # trains, then forgets what the sums had learnt
+        loss = original_epoch(self, *args)
+        self._network.set_weights([np.zeros_like(w) if w.ndim == 3 else w
+                                   for w in self._network.get_weights()])
+        return loss
+
+    monkeypatch.setattr(DGCSPNClassifier, "_epoch", ruinous_epoch)
+    clf.set_params(max_epochs=2).fit(X_train[:300], y_train[:300])
+    assert clf.n_iter_ == 5
+    assert max(clf.history_["validation_accuracy"][3:]) < max(
+        clf.history_["validation_accuracy"][:3])
+    for before, after in zip(start, clf.network_weights_):
+        np.testing.assert_array_equal(before, after)
+
+
 def test_sample_weight_zero_ignores_samples(digits):
     X_train, X_test, y_train, _ = digits
     w = np.ones(len(y_train))

@@ -71,7 +71,8 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the data and stop when validation accuracy has
         not improved for ``n_iter_no_change`` epochs (the best weights are kept). Warm fits
-        on the same data hold out the same samples.
+        on the same data hold out the same samples, and count the model they start from
+        as a candidate: they end on it unless an epoch does better on the hold-out.
     validation_fraction : float, default=0.1
     n_iter_no_change : int, default=5
     standardize : {'sample', 'feature'} or None, default='sample'
@@ -388,6 +389,12 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
                                 else "") + ": there is nothing to fit")
         weight = sample_weight / sample_weight[idx_train].mean()
         best, best_weights, since_best = -np.inf, None, 0
+        if idx_val is not None and self.n_iter_ > 0:
+            # A warm fit: the model it starts from is the first candidate, so that epochs
+            # which only do worse on the hold-out do not replace it (as scikit-learn's
+            # MLPClassifier keeps its best validation score across warm fits).
+            best = float(np.mean(self._predict_codes(z[idx_val]) == codes[idx_val]))
+            best_weights = self._network.get_weights()
         for epoch in range(n_epochs):
             t0 = time.time()
             loss = self._epoch(z[idx_train], codes[idx_train], weight[idx_train])
