@@ -826,3 +826,18 @@ def test_sum_channels_lists_are_extended_or_cut_to_the_sum_layers():
     assert est.set_params(sum_channels=[8, 4])._plan("one_hot")[1] == [8] + [4] * (n_sums - 1)
     assert est.set_params(sum_channels=list(range(1, 30)))._plan("one_hot")[1] == list(
         range(1, n_sums + 1))
+
+
+def test_shapes_may_be_numpy_arrays(digits):
+    """``image_shape`` and ``kernel_size`` accept numpy arrays as they accept tuples and
+    lists (e.g. ``X.shape[1:]`` of an image array turned into an array)."""
+    X, _ = digits
+    as_tuples = DGCSPNDensityEstimator(image_shape=(8, 8), kernel_size=(2, 2), **SMALL).fit(
+        X[:50])
+    as_arrays = DGCSPNDensityEstimator(image_shape=np.array([8, 8]),
+                                       kernel_size=np.array([2, 2]), **SMALL).fit(X[:50])
+    assert as_arrays.image_shape_ == as_tuples.image_shape_ == (8, 8, 1)
+    np.testing.assert_array_equal(as_arrays.score_samples(X[50:52]),
+                                  as_tuples.score_samples(X[50:52]))
+    with pytest.raises(ValueError, match="image_shape must hold whole numbers"):
+        DGCSPNDensityEstimator(image_shape=np.array([[8, 8]]), **SMALL).fit(X[:50])

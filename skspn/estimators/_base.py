@@ -170,11 +170,11 @@ class BaseDGCSPN(BaseEstimator):
     _check_data = True
 
     _parameter_constraints: dict = {
-        "image_shape": [None, tuple, list],
+        "image_shape": [None, "array-like"],
         "depth": [StrOptions({"auto"}), Interval(Integral, 0, None, closed="left")],
         "sum_channels": _channels_constraint(),
         "n_components": [Interval(Integral, 1, None, closed="left")],
-        "kernel_size": [Interval(Integral, 2, None, closed="left"), tuple, list],
+        "kernel_size": [Interval(Integral, 2, None, closed="left"), "array-like"],
         "n_nonoverlapping": [Interval(Integral, 0, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
