@@ -218,12 +218,12 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         """
         self._validate_params()  # every call: a set_params between calls takes effect
         first = _is_unfitted(self)
+        n_fitted = len(getattr(self, "estimators_", [self]))  # one network: no estimators_
         if first:
             self._forget_fit()
-        elif self.n_networks != len(getattr(self, "estimators_", [self])):
+        elif self.n_networks != n_fitted:
             raise ValueError(f"n_networks={self.n_networks} differs from the fitted number "
-                             f"of networks ({len(getattr(self, 'estimators_', [self]))}); "
-                             f"call fit to start over")
+                             f"of networks ({n_fitted}); call fit to start over")
         X = self._with_nan(X)
         if self.n_networks == 1:
             GenerativeDGCSPN.partial_fit(self, X)
