@@ -873,6 +873,22 @@ def test_64x64_full_depth_is_finite_with_missing_and_extreme_values():
     assert np.any(np.abs(grads[i_loc].numpy()) > 0)
 
 
+def test_keyed_uniform_stays_inside_the_open_interval_at_the_extreme_bits(monkeypatch):
+    """The smallest and largest hashes give uniforms strictly inside (0, 1), so Normal
+    draws (``ndtri``) and Gumbel draws stay finite (24 bits rounded the largest to 1.0)."""
+    from skspn.core import keyed_random
+
+    keys = keyed_random.sample_keys(tf.constant([1, 2], tf.int64), tf.range(2))
+    for extreme in (0, 2**32 - 1):
+        monkeypatch.setattr(keyed_random, "bits",
+                            lambda keys, shape, axis, e=extreme: tf.fill(shape, tf.constant(
+                                e, tf.int64)))
+        u = keyed_random.uniform(keys, [2, 3], 0).numpy()
+        assert np.all((u > 0.0) & (u < 1.0)), u
+        assert np.all(np.isfinite(tf.math.ndtri(u).numpy()))
+        assert np.all(np.isfinite(-np.log(-np.log(u))))
+
+
 def test_keyed_draws_depend_only_on_seed_and_sample_index():
     """What makes sharded (tf.distribute) training equal to one device: a sample's draws
     are the same whichever rows it is batched with."""

@@ -83,6 +83,12 @@ def bits(keys, shape, sample_axis):
 
 
 def uniform(keys, shape, sample_axis):
-    """Uniform float32 in the open interval (0, 1) of ``shape`` (24 random bits each)."""
-    raw = tf.bitwise.right_shift(bits(keys, shape, sample_axis), 8)
-    return (tf.cast(raw, tf.float32) + 0.5) * (1.0 / (1 << 24))
+    """Uniform float32 in the open interval (0, 1) of ``shape`` (23 random bits each).
+
+    ``(raw + 0.5) / 2**k`` is exact in float32 only while ``raw + 0.5`` is, i.e. below
+    2**23: with 24 bits the largest draw rounded to 1.0 (once in 2**24 draws), whose
+    ``ndtri`` is +inf, so a Normal leaf sampled an infinite pixel. With 23 bits every value
+    is exact, from 2**-24 to 1 - 2**-24.
+    """
+    raw = tf.bitwise.right_shift(bits(keys, shape, sample_axis), 9)
+    return (tf.cast(raw, tf.float32) + 0.5) * (1.0 / (1 << 23))
