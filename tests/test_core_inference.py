@@ -1043,7 +1043,7 @@ def test_fused_product_sum_equals_separate_layers(case, monkeypatch):
 
     def multiplies():  # per fused layer on a fused layer: values multiplied, not logs
         lw = net.log_weights()
-        return [float(tf.reduce_min(p._forward(floor_of(lw[i], p)))) >= products.LINEAR_MIN_LOG
+        return [bool(p.multiplies_scaled(floor_of(lw[i], p)))
                 for i, p in enumerate(net.products[1:len(net.sums)]) if p.scalable]
 
     def floor_of(log_w, product):  # the smallest weight per cell and channel of the sum

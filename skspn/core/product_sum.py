@@ -120,8 +120,7 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
     # leaves a wide margin for that ulp.
     log_floor = tf.stop_gradient(
         tf.reduce_min(log_w, axis=1) if log_w_min is None else log_w_min)
-    log_floor = tf.reshape(log_floor, [h_out, w_out, 1, c_out] if log_floor.shape[0] != 1
-                           else [1, 1, 1, c_out])
+    log_floor = tf.reshape(log_floor, [1, 1, 1, c_out] if shared else [h_out, w_out, 1, c_out])
     given_w = w
 
     def layer(inputs, log_w):

@@ -339,10 +339,16 @@ class Product(tf.Module):
             multiplied, from_logs = self._scaled_linear_impl, self._scaled_log_impl
         if self.mode != "depthwise" or tracing_for_xla():
             return from_logs(s, m)
+        return tf.cond(self.multiplies_scaled(log_floor), lambda: multiplied(s, m),
+                       lambda: from_logs(s, m))
+
+    def multiplies_scaled(self, log_floor):
+        """Whether ``scaled_from`` multiplies values whose logs are at least ``log_floor``
+        (as there): the product of the floors, this product taken of them, stays above
+        ``LINEAR_MIN_LOG`` everywhere. A scalar bool Tensor."""
         h_in, w_in = self.resolved.in_shape
         floor = tf.broadcast_to(log_floor, [h_in, w_in, 1, self.in_channels])
-        linear = tf.reduce_min(self._forward(floor)) >= LINEAR_MIN_LOG
-        return tf.cond(linear, lambda: multiplied(s, m), lambda: from_logs(s, m))
+        return tf.reduce_min(self._forward(floor)) >= LINEAR_MIN_LOG
 
     def forward_from_scaled(self, s, m):
         """The output log-values (``__call__``) from the input's ``log(s) + m``: the logs
