@@ -3,7 +3,8 @@
 import functools
 
 import pytest
-from sklearn.utils.estimator_checks import estimator_checks_generator, parametrize_with_checks
+from sklearn.utils.estimator_checks import (check_param_validation, estimator_checks_generator,
+                                             parametrize_with_checks)
 
 from skspn import DGCSPNClassifier, DGCSPNDensityEstimator, DGCSPNImputer
 
@@ -57,3 +58,12 @@ def _ensemble_checks():
 @pytest.mark.parametrize("estimator, check", list(_ensemble_checks()))
 def test_sklearn_compatible_with_several_networks(estimator, check):
     check(estimator)
+
+
+# scikit-learn runs check_param_validation on its own estimators only (not through
+# parametrize_with_checks): every parameter has a constraint, every constraint a
+# parameter, and an invalid value of each is refused by fit and the other methods.
+@pytest.mark.parametrize("estimator", ESTIMATORS + [ENSEMBLE],
+                         ids=lambda e: f"{type(e).__name__}-{getattr(e, 'n_networks', 1)}")
+def test_parameter_constraints_match_the_parameters(estimator):
+    check_param_validation(type(estimator).__name__, estimator)

@@ -179,7 +179,6 @@ class BaseDGCSPN(BaseEstimator):
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
-        "tol": [Interval(Real, 0, None, closed="left"), None],
         "standardize": [StrOptions({"sample", "feature"}), None],
         "leaf_scale": [Interval(Real, 0, None, closed="neither")],
         "random_state": ["random_state"],

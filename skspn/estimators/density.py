@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import DensityMixin, _fit_context
@@ -29,6 +29,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
         "first_product": [StrOptions({"one_hot", "depthwise"})],
         "learning": [StrOptions({"hard_em_unweighted", "hard_em", "soft_em", "gradient"})],
         "em_update": [StrOptions({"epoch", "online"})],
+        "tol": [Interval(Real, 0, None, closed="left"), None],
     }
 
     def __init__(self, *, image_shape=None, depth="auto", sum_channels=16, n_components=4,
