@@ -1,7 +1,8 @@
 """TensorFlow core of skspn: leaves, sums, products, scopes, the network and learning.
 
-This package knows nothing of scikit-learn; the estimators in ``skspn.estimators`` use it
-through ``network.DGCSPN`` and ``learning``.
+This package knows nothing of scikit-learn. The estimators in ``skspn.estimators`` build
+networks from ``leaves``, ``scopes`` and ``network``, train and query them through
+``learning`` and place them with ``distribute``; nothing here imports them.
 """
 
 import os as _os

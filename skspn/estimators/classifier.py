@@ -108,6 +108,12 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         drawn afresh each epoch (cheap), ``validation_accuracy`` on the whole hold-out.
     n_iter_ : int
     network_weights_ : list of ndarray
+    seed_ : int
+        Seed of the network's initial weights and of the early-stopping split, drawn
+        from ``random_state`` by the fit that built the network (warm fits keep it).
+    leaf_range_ : tuple (low, high)
+        The 1st and 99th percentiles of the standardised training values; the Normal
+        leaves' initial means are spread evenly over it.
     feature_mean_, feature_scale_, typical_mean_, typical_scale_ :
         Standardisation statistics, see ``DGCSPNDensityEstimator``.
 

@@ -79,7 +79,9 @@ class GenerativeDGCSPN(BaseDGCSPN):
         return architecture
 
     def _check_values(self, images, reset):
-        """Discrete leaves need 0/1 (Bernoulli) or integer category codes (Categorical)."""
+        """Discrete leaves need 0/1 (Bernoulli) or integer category codes (Categorical).
+        With ``reset`` (a fit) also sets ``n_categories_`` for Categorical leaves and drops
+        an earlier fit's, as ``validate_data(reset=True)`` sets ``n_features_in_``."""
         leaf = self.leaf if reset else self._fitted_parameter("leaf")
         if reset:
             self.__dict__.pop("n_categories_", None)  # a refit with another leaf has none
@@ -550,6 +552,9 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
         below it).
     network_weights_ : list of ndarray
         The network's parameters (leaf parameters, then sum accumulators).
+    seed_ : int
+        Seed of the network's initial weights, drawn from ``random_state`` by the fit that
+        built the network (``partial_fit`` keeps it).
     feature_mean_, feature_scale_ : ndarray of shape (H, W, C)
         Per-feature statistics of the training data (``standardize='feature'`` only).
     typical_mean_, typical_scale_ : float

@@ -52,9 +52,11 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         from the complete training images; ``'feature'`` scales it exactly as in training.
         In the inpainting benchmark (``benchmarks/README.md``) ``'feature'`` completed the
         Olivetti faces better, MNIST about as well and Fashion-MNIST better on bottom
-        halves but worse on left halves. ``'sample'`` and None keep no fitted statistics,
-        so a ``set_params`` after ``fit`` between them acts at the next query (None for
-        images the caller standardised); ``'feature'`` needs a fit with ``'feature'``.
+        halves but worse on left halves. The statistics of ``'sample'`` (the training rows'
+        typical mean and scale, for rows that cannot be scaled by their own values) are
+        fitted with every setting, so a ``set_params`` after ``fit`` to ``'sample'`` or None
+        acts at the next query (None for images the caller standardised); ``'feature'``
+        needs a fit with ``'feature'``.
     min_value, max_value : float or array-like of shape (n_features,), default=-inf / inf
         Bounds of the imputed values, one for all features or one per feature, as in
         ``IterativeImputer`` (e.g. 0 and 255 for 8-bit pixels: the completions of a
@@ -92,8 +94,9 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
 
     Attributes
     ----------
-    image_shape_, n_features_in_, feature_names_in_, network_weights_, n_categories_ :
-        See ``DGCSPNDensityEstimator`` (``network_weights_`` only when ``n_networks=1``).
+    image_shape_, n_features_in_, feature_names_in_, network_weights_, seed_, n_categories_ :
+        See ``DGCSPNDensityEstimator`` (``network_weights_`` and ``seed_`` only when
+        ``n_networks=1``).
     feature_mean_, feature_scale_, typical_mean_, typical_scale_ :
         Standardisation statistics, see ``DGCSPNDensityEstimator``.
     history_ : list of float
@@ -205,7 +208,8 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
 
     @_unfitted_if_it_fails(_is_unfitted)
     def partial_fit(self, X, y=None):
-        """One online EM pass over the batch ``X`` (initialising on the first call).
+        """One online pass over the batch ``X`` (online EM, or Adam with
+        ``learning='gradient'``; initialising on the first call).
 
         Parameters
         ----------
