@@ -254,6 +254,33 @@ def test_interrupted_partial_fit_keeps_the_model(digits, make, monkeypatch):
     model.partial_fit(*args)  # and it trains on
 
 
+def test_interrupted_warm_fit_keeps_the_model_and_its_history(digits, monkeypatch):
+    # Interrupted in its second epoch, after the first had appended to history_ (a dict
+    # of lists for the classifier, whose lists were once kept by reference, not copied).
+    from skspn.core import learning
+
+    X, y = digits
+    model = DGCSPNClassifier(**SMALL_CLF, batch_size=16, warm_start=True)
+    model.fit(X[:200], y[:200])
+    expected = pickle.loads(pickle.dumps(model))
+    step, calls = learning.GradientLearner.step, []
+
+    def interrupted(self, *step_args, **step_kwargs):
+        calls.append(1)
+        if len(calls) == 20:  # 13 batches per epoch
+            raise KeyboardInterrupt
+        return step(self, *step_args, **step_kwargs)
+
+    monkeypatch.setattr(learning.GradientLearner, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        model.set_params(max_epochs=3).fit(X[:200], y[:200])
+    monkeypatch.setattr(learning.GradientLearner, "step", step)
+    assert model.n_iter_ == expected.n_iter_ == 1
+    assert model.history_ == expected.history_
+    np.testing.assert_array_equal(model.predict_proba(X[200:220]),
+                                  expected.predict_proba(X[200:220]))
+
+
 def test_dropped_models_release_their_tensorflow_graphs(digits):
     from skspn.core.learning import _gradient_registry, _release_collected
 
@@ -661,7 +688,7 @@ def test_a_failed_refit_leaves_the_estimator_unfitted(digits):
     with pytest.raises(NotFittedError):
         density.score_samples(X[:3, :16])
     imp = DGCSPNImputer(**SMALL).fit(X)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no observed"):
         imp.fit(np.full((5, 16), np.nan))
     with pytest.raises(NotFittedError):
         imp.transform(X[:3, :16])

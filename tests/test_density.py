@@ -93,8 +93,8 @@ def test_marginalisation_changes_score(fitted_density, digits_split):
 
 @pytest.mark.parametrize("a, b", [(3.0, 5.0), (1e-10, 0.0), (1e-9, 1e-7), (1e12, 0.0)])
 def test_feature_standardisation_is_a_density_in_x_units(digits_split, a, b):
-    """Scaling X by a changes every log-density by exactly -n_features * log a, for data in
-    tiny units too (an absolute 'constant feature' threshold once made them wrong)."""
+    """Scaling X by a changes every log-density by exactly -(varying features) * log a, for
+    data in tiny units too (an absolute 'constant feature' threshold once made them wrong)."""
     X = digits_split[0][:200]
     est1 = DGCSPNDensityEstimator(max_epochs=2, sum_channels=4, random_state=0).fit(X)
     est2 = DGCSPNDensityEstimator(max_epochs=2, sum_channels=4, random_state=0).fit(a * X + b)
@@ -519,6 +519,23 @@ def test_feature_statistics_do_not_outlive_a_refit(digits_split):
         est.sample(2)
 
 
+def test_ensemble_partial_fit_follows_set_params(digits_split):
+    # As with one network, a set_params between partial_fit calls acts at the next call
+    # (a learning-rate schedule in a streaming loop); the networks once kept the
+    # parameters of the first call.
+    X = digits_split[0][:200]
+    kept = DGCSPNImputer(n_networks=2, max_epochs=1, sum_channels=4, learning="gradient",
+                         random_state=0)
+    changed = DGCSPNImputer(**kept.get_params())
+    for imp in (kept, changed):
+        imp.partial_fit(X)
+    changed.set_params(learning_rate=0.3, batch_size=8)
+    for imp in (kept, changed):
+        imp.partial_fit(X)
+    assert all(e.learning_rate == 0.3 and e.batch_size == 8 for e in changed.estimators_)
+    assert not np.allclose(kept.score_samples(X[:20]), changed.score_samples(X[:20]))
+
+
 def test_ensemble_refit_pickle_and_partial_fit(digits_split):
     X_train, X_test = digits_split[0][:200], _bottom_half_missing(digits_split[1][:10])
     imp = DGCSPNImputer(n_networks=2, max_epochs=1, sum_channels=4, missing_values=-1,
@@ -660,7 +677,6 @@ def test_imputer_add_indicator(digits_split):
     coded = placeholder.fit(np.nan_to_num(X_train, nan=-1)).transform(np.nan_to_num(X, nan=-1))
     np.testing.assert_array_equal(coded[:, 64:], expected.astype(float))
     assert (placeholder.inverse_transform(coded)[:, 62:] == -1).all()
-    # partial_fit: the features missing in any batch.
     # partial_fit: the features missing in any batch, whatever add_indicator was then.
     online = DGCSPNImputer(max_epochs=1, sum_channels=4, random_state=0, add_indicator=True)
     online.partial_fit(X_train[:100]).partial_fit(X_train[100:])

@@ -691,11 +691,18 @@ class BaseDGCSPN(BaseEstimator):
             self.__dict__.pop(name, None)
 
     def _fitted_state(self):
-        """The fitted attributes (lists copied: epochs append to them) and, for an
-        ensemble, those of its networks; what ``_restore_fitted_state`` puts back."""
-        attributes = {name: getattr(self, name) for name in self._fitted_attribute_names()}
-        attributes = {name: list(value) if isinstance(value, list) else value
-                      for name, value in attributes.items()}
+        """The fitted attributes (lists copied, and the lists of a dict such as the
+        classifier's ``history_``: epochs append to them) and, for an ensemble, those of
+        its networks; what ``_restore_fitted_state`` puts back."""
+        def copied(value):
+            if isinstance(value, list):
+                return list(value)
+            if isinstance(value, dict):
+                return {key: copied(item) for key, item in value.items()}
+            return value
+
+        attributes = {name: copied(getattr(self, name))
+                      for name in self._fitted_attribute_names()}
         return attributes, [e._fitted_state() for e in attributes.get("estimators_", [])]
 
     def _restore_fitted_state(self, state):

@@ -267,8 +267,17 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
     def _fit_networks(self, X, partial, first=True):
         """Fit (or update online) ``n_networks`` single-network imputers on ``X``."""
         images = self._prepare(X, reset=first)
-        if not first:  # the networks are clones made at fit: they do not see set_params
+        if not first:
             self._check_architecture()
+            # The networks are clones made at the first fit: they get the training
+            # parameters set since (batch_size, learning_rate, tol, verbose, ...), as one
+            # network would use them, not those of that fit.
+            per_network = {"n_networks", "missing_values", "add_indicator", "image_shape",
+                           "random_state"}
+            current = {name: value for name, value in self.get_params(deep=False).items()
+                       if name not in per_network}
+            for estimator in self.estimators_:
+                estimator.set_params(**current)
         if first:
             self._warn_about_data(images)
             self._remember_architecture()
