@@ -142,10 +142,6 @@ class NumpySPN:
     def log_likelihood(self, x, mode="sum"):
         return self.forward_values(self.leaf_lp(x), mode=mode)["root"]
 
-    def class_log_values(self, x):
-        """``log S_k(x)`` of the class sums ``[B, n_classes]`` (without the prior)."""
-        return self.forward_values(self.leaf_lp(x))["top"]
-
     # ------------------------------------------------------------------ soft counts
     def soft_counts(self, x, h=1e-5, weight=None):
         """d sum_b weight_b log S(x_b) / d log w, by central finite differences (float64)."""

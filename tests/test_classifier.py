@@ -99,14 +99,34 @@ def test_xla_compiled_training_matches_the_plain_one(digits):
                                atol=1e-3)
 
 
-def test_early_stopping_and_partial_fit(digits):
-    X_train, X_test, y_train, y_test = digits
+def test_early_stopping_stops_and_keeps_the_best_epoch(digits, monkeypatch):
+    """Every epoch after the first is made to forget what the sums learnt: the fit stops
+    ``n_iter_no_change`` epochs after the first and ends with the first epoch's weights."""
+    X_train, _, y_train, _ = digits
+    original_epoch = DGCSPNClassifier._epoch
+    after_epoch = []
+
+    def epoch_then_ruin(self, *args):
+        loss = original_epoch(self, *args)
+        if after_epoch:
+            self._network.set_weights([np.zeros_like(w) if w.ndim == 3 else w
+                                       for w in self._network.get_weights()])
+        after_epoch.append([w.copy() for w in self._network.get_weights()])
+        return loss
+
+    monkeypatch.setattr(DGCSPNClassifier, "_epoch", epoch_then_ruin)
     clf = DGCSPNClassifier(max_epochs=30, early_stopping=True, n_iter_no_change=2,
                            sum_channels=8, n_components=8, random_state=0)
-    clf.fit(X_train, y_train)
+    clf.fit(X_train[:300], y_train[:300])
+    assert clf.n_iter_ == 3 and len(after_epoch) == 3
     val = clf.history_["validation_accuracy"]
-    assert all(v is not None for v in val)
-    assert clf.n_iter_ <= 30
+    assert val[0] > max(val[1:])
+    for best, kept in zip(after_epoch[0], clf.network_weights_):
+        np.testing.assert_array_equal(best, kept)
+
+
+def test_partial_fit_counts_passes_and_learns(digits):
+    X_train, X_test, y_train, y_test = digits
     inc = DGCSPNClassifier(random_state=0)
     for _ in range(2):
         for chunk in np.array_split(np.arange(len(X_train)), 2):

@@ -15,6 +15,7 @@ from scipy.stats import chisquare
 
 from _brute import NumpySPN, all_states, completions
 from skspn.core import DGCSPN, BernoulliLeaf, CategoricalLeaf, NormalLeaf
+from skspn.core.network import layer_sizes
 from skspn.core.scopes import max_depth, plan_products, product_spec
 
 INDICATOR = 30.0  # logits +-30: component 0 is 'x = 0', component 1 is 'x = 1'
@@ -211,6 +212,27 @@ def test_hand_built_stack_has_expected_geometry():
     # p1's middle cell (its other child is padding), exactly like the first: it is dropped.
     assert p1.out_shape == (3, 3) and p2.out_shape == (2, 2)
     assert net.report.top_shape == (2, 2)
+
+
+@pytest.mark.parametrize("n_classes", [None, 3])
+@pytest.mark.parametrize("name", [n for n in CASES if not CASES[n].get("shared")])
+def test_layer_sizes_count_what_the_network_builds(name, n_classes):
+    # The estimators refuse networks too large for memory from these sizes, computed
+    # without building the network: every sum's weights (the top sums and the class
+    # prior included) and every layer's values per sample must be the built ones.
+    cfg = dict(CASES[name])
+    net = build(name, n_classes=n_classes)
+    sizes = layer_sizes(net.spatial_shape, cfg.get("k", 2), cfg["products"],
+                        [s.out_channels for s in net.sums], n_classes)
+    weights = {layer: n for layer, _, n in sizes if n}
+    assert weights == {layer.name: int(np.prod(layer.accumulator.shape))
+                       for layer in net.weight_layers}
+    values = {layer: n for layer, n, _ in sizes}
+    for i, p in enumerate(net.products):
+        assert values[f"product_{i}"] == int(np.prod(p.out_shape)) * p.out_channels
+    for i, s in enumerate(net.sums):
+        assert values[f"sum_{i}"] == s.n_cells * s.out_channels
+    assert values["class_sums" if n_classes else "root"] == (n_classes or 1)
 
 
 def test_weights_actually_matter():
@@ -661,6 +683,8 @@ def test_em_counts_match_brute_force(name, routing):
         # rounding of values of order 10 is ~1e-6.
         assert gap > 1e-5
         top = len(net.sums)
+        # Each sample's tree passes through the top once.
+        assert counts[top].sum() == len(x)
         if routing == "hard_unweighted":
             # Top inputs that are copies of one node tie exactly on their (unweighted)
             # values and are chosen between at random: compare the top counts per class.
@@ -671,8 +695,6 @@ def test_em_counts_match_brute_force(name, routing):
             counts, expect = counts[:top] + counts[top + 1:], expect[:top] + expect[top + 1:]
         for layer, (c, e) in enumerate(zip(counts, expect)):
             assert np.array_equal(c, e), (layer, np.argwhere(c != e)[:5])
-        # Each sample's tree passes through the top once.
-        assert expect[top].sum() == len(x) if routing == "hard" else True
 
 
 @pytest.mark.parametrize("fuse", [True, False])
@@ -1164,8 +1186,8 @@ def one_layer_product(spec, shape, crop=None):
                  dataclasses.replace(op, out_size=op.n_out_unpadded(n))
                  for op, n, c in zip(spec.axes, shape, crop or (None, None)))
     out_shape = tuple(op.out_size for op in axes)
-    return Product(ResolvedProduct(spec=spec, in_shape=shape, out_shape=out_shape,
-                                   axes=axes), in_channels=3)
+    return Product(ResolvedProduct(spec=dataclasses.replace(spec, axes=axes), in_shape=shape,
+                                   out_shape=out_shape), in_channels=3)
 
 
 # Strided products take their children as unit-stride slices of the input viewed as blocks

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from skspn.core.scopes import (
+    ALL_CELLS,
+    FULL_SCOPE_CELLS,
     MAX_EXTRA_LAYERS,
     AxisOp,
     ProductSpec,
@@ -50,10 +52,11 @@ def _child_cell(op, out_pos, offset):
 
 
 def naive_scopes(input_shape, specs, require_top=True):
-    """Set-based scope pass. Returns ``(grid, crops)``.
+    """Set-based scope pass. Returns ``(grid, crops, shape)``.
 
     ``grid`` is a dict ``(r, c) -> frozenset`` of pixels for the last layer's cells;
-    ``crops[layer][axis]`` is ``(out_start, out_size)`` of the cells that were kept.
+    ``crops[layer][axis]`` is ``(out_start, out_size)`` of the cells that were kept;
+    ``shape`` the last layer's ``(rows, columns)``.
     Raises ``NaiveInvalid`` for a kernel that does not fit, a non-decomposable product,
     a 'final' crop without (contiguous) full-scope cells, or (``require_top``) top
     full-scope cells that do not form one non-empty rectangle (the network feeds the
@@ -79,12 +82,12 @@ def naive_scopes(input_shape, specs, require_top=True):
                         inside = 0 <= pr < shape[0] and 0 <= pc < shape[1]
                         kids.append(grid[(pr, pc)] if inside else frozenset())
                 out[(r, c)] = kids
-        # 'final' (out_size == -2) keeps, per axis, the positions whose projection of the
+        # 'final' (FULL_SCOPE_CELLS) keeps, per axis, the positions whose projection of the
         # scope covers the whole image along that axis.
         keep = []
         for ax, op in enumerate(ops):
             positions = range(n_out[ax])
-            if op.out_size == -2:
+            if op.out_size == FULL_SCOPE_CELLS:
                 covered = []
                 for p in positions:
                     proj = set()
@@ -219,10 +222,13 @@ def test_kernel_larger_than_image_is_rejected():
 
 
 def test_depth_above_max_depth_is_rejected_naming_the_maximum():
-    for shape, n_no in [((1, 1), 0), ((2, 2), 0), ((7, 5), 0), ((28, 28), 2), ((1, 100), 0),
-                        ((64, 64), 0), ((13, 13), 2)]:
+    # Full scope with 2x2 kernels needs ceil(log2(side)) dilated layers after the
+    # non-overlapping stride-2 ones (28 -> 14 -> 7: 3 more; 13 -> 7 -> 4: 2 more).
+    for shape, n_no, lo in [((1, 1), 0, 0), ((2, 2), 0, 1), ((7, 5), 0, 3), ((28, 28), 2, 5),
+                            ((1, 100), 0, 7), ((64, 64), 0, 6), ((13, 13), 2, 4)]:
+        assert min_depth(shape, 2, n_no) == lo
         hi = max_depth(shape, 2, n_no)
-        assert hi == min_depth(shape, 2, n_no) + MAX_EXTRA_LAYERS
+        assert hi == lo + MAX_EXTRA_LAYERS
         plan_products(shape, depth=hi, n_nonoverlapping=n_no)  # the maximum itself is fine
         with pytest.raises(ValueError) as info:
             plan_products(shape, depth=hi + 1, n_nonoverlapping=n_no)
@@ -308,7 +314,7 @@ def _random_stack(rng):
                 pad = tuple(int(p) for p in rng.integers(0, (k - 1) * d + 1, size=2))
             stride = 1 if rng.random() < 0.85 else 2
             axes.append(AxisOp(kernel=k, stride=stride, dilation=d, pad_before=pad[0],
-                               pad_after=pad[1], out_size=-2 if final else -1))
+                               pad_after=pad[1], out_size=FULL_SCOPE_CELLS if final else ALL_CELLS))
             next_dilation[ax] = d * k
         specs.append(ProductSpec(axes=tuple(axes), name=f"layer{layer}"))
     return shape, specs

@@ -4,7 +4,7 @@ import functools
 
 import pytest
 from sklearn.utils.estimator_checks import (check_param_validation, estimator_checks_generator,
-                                             parametrize_with_checks)
+                                            parametrize_with_checks)
 
 from skspn import DGCSPNClassifier, DGCSPNDensityEstimator, DGCSPNImputer
 

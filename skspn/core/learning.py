@@ -80,9 +80,13 @@ class EMLearner:
         self.routing = EM_ROUTINGS[learning]
         self.update = update
         self.parallel = _data_parallel(strategy, jit_compile, network)
-        with self.parallel.scope():
-            self.pending = [tf.Variable(tf.zeros_like(layer.accumulator), trainable=False)
-                            for layer in network.weight_layers]
+        # The counts of a pass until its M-step ('epoch' only: online steps add to the
+        # accumulators themselves).
+        self.pending = []
+        if update == "epoch":
+            with self.parallel.scope():
+                self.pending = [tf.Variable(tf.zeros_like(layer.accumulator), trainable=False)
+                                for layer in network.weight_layers]
         spec = [_image_spec(network), tf.TensorSpec([None], tf.float32), _SEED]
         if update == "epoch":
             # The weights stay fixed for a whole pass: they are normalised once per epoch,
@@ -103,11 +107,10 @@ class EMLearner:
         batch = (x, weight, tf.range(tf.shape(x)[0]))
         counts, ll_sum, weight_sum = self.parallel(
             functools.partial(self._batch_counts, weights=weights), batch, seed)
-        for layer, pending, c in zip(self.network.weight_layers, self.pending, counts):
-            if self.update == "online":
-                layer.accumulator.assign_add(c)
-            else:
-                pending.assign_add(c)
+        targets = self.pending if self.update == "epoch" else [
+            layer.accumulator for layer in self.network.weight_layers]
+        for target, c in zip(targets, counts):
+            target.assign_add(c)
         return ll_sum / weight_sum
 
     def step(self, x, weight, seed):
@@ -225,7 +228,7 @@ class GradientLearner:
         if self.objective == "nll":
             per_sample = -root
         else:
-            joint = top + net.class_prior.log_weights()[0, :, 0]
+            joint = net.joint_from_top(top)
             log_post = tf.nn.log_softmax(joint, axis=-1)
             per_sample = -tf.gather(log_post, y, axis=1, batch_dims=1)
         return tf.reduce_sum(weight * per_sample)

@@ -192,8 +192,10 @@ class Leaf(tf.Module):
         """Each component's largest log-density, at its mode: ``[H, W, 1, n_colors, K]``."""
         raise NotImplementedError
 
-    def expected_value(self, posterior: tf.Tensor) -> tf.Tensor:
-        """Posterior-marginal completion: ``[H, W, B, K]`` posteriors -> ``[H, W, B, n_colors]``."""
+    def marginal_completion(self, posterior: tf.Tensor) -> tf.Tensor:
+        """Posterior-marginal completion: ``[H, W, B, K]`` posteriors -> ``[H, W, B, n_colors]``;
+        the mean of each entry's posterior marginal (Normal leaves) or its most probable
+        value (discrete leaves)."""
         raise NotImplementedError
 
     def mode(self, selection: tf.Tensor) -> tf.Tensor:
@@ -258,14 +260,14 @@ class NormalLeaf(Leaf):
     def max_log_prob(self):
         return -tf.math.log(self.scale) - _HALF_LOG_2PI
 
-    def expected_value(self, posterior):
+    def marginal_completion(self, posterior):
         return tf.einsum("hwbk,hwck->hwbc", posterior, self.loc[:, :, 0])
 
     def mode(self, selection):
-        return self.expected_value(selection)
+        return self.marginal_completion(selection)
 
     def sample(self, selection, keys):
-        mean = self.expected_value(selection)
+        mean = self.mode(selection)
         std = tf.einsum("hwbk,hwck->hwbc", selection, self.scale[:, :, 0])
         normal = tf.math.ndtri(keyed_random.uniform(keys, tf.shape(mean), 2))
         return mean + std * normal
@@ -293,7 +295,7 @@ class BernoulliLeaf(Leaf):
     def _p_one(self, posterior):
         return tf.einsum("hwbk,hwck->hwbc", posterior, tf.sigmoid(self.logits[:, :, 0]))
 
-    def expected_value(self, posterior):
+    def marginal_completion(self, posterior):
         # Marginal MAP per variable: the more probable value under the posterior mixture.
         return tf.cast(self._p_one(posterior) > 0.5, tf.float32)
 
@@ -302,7 +304,7 @@ class BernoulliLeaf(Leaf):
         return tf.stack([1.0 - p_one, p_one], axis=-1)
 
     def mode(self, selection):
-        return self.expected_value(selection)
+        return self.marginal_completion(selection)
 
     def sample(self, selection, keys):
         p = self._p_one(selection)
@@ -334,11 +336,11 @@ class CategoricalLeaf(Leaf):
         p = tf.nn.softmax(self.logits[:, :, 0], axis=-1)  # [H, W, C, K, n]
         return tf.einsum("hwbk,hwckn->hwbcn", posterior, p)
 
-    def expected_value(self, posterior):
+    def marginal_completion(self, posterior):
         return tf.cast(tf.argmax(self.predictive(posterior), axis=-1), tf.float32)
 
     def mode(self, selection):
-        return self.expected_value(selection)
+        return self.marginal_completion(selection)
 
     def sample(self, selection, keys):
         p = self.predictive(selection)  # [H, W, B, C, n]

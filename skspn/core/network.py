@@ -65,10 +65,11 @@ def _keep_mask_of_shape(shape, keys, rate):  # shape [H, W, B, ...]: samples on 
 _keep_mask = tf.function(_keep_mask_impl, jit_compile=True, autograph=False)
 
 
-def layer_sizes(spatial_shape, n_components, products, sum_channels):
+def layer_sizes(spatial_shape, n_components, products, sum_channels, n_classes=None):
     """``(layer name, values per sample, weights)`` of every layer of the network that
-    ``DGCSPN(spatial_shape, leaf with n_components, products, sum_channels)`` builds,
-    computed without building it (to refuse sizes that cannot be allocated)."""
+    ``DGCSPN(spatial_shape, leaf with n_components, products, sum_channels, n_classes)``
+    builds (its unshared sums; the leaves' own parameters are not counted), computed
+    without building it (to refuse sizes that cannot be allocated)."""
     report = resolve(tuple(int(n) for n in spatial_shape), products)
     sizes = [("leaves", int(np.prod(spatial_shape)) * int(n_components), 0)]
     channels = int(n_components)
@@ -80,6 +81,12 @@ def layer_sizes(spatial_shape, n_components, products, sum_channels):
             out = int(sum_channels[i])
             sizes.append((f"sum_{i}", n_cells * out, n_cells * channels * out))
             channels = out
+    # The top sums mix the full-scope top cells' channels (as ``DGCSPN.top``).
+    n_out = int(n_classes or 1)
+    sizes.append(("class_sums" if n_classes else "root", n_out,
+                  report.n_top_cells * channels * n_out))
+    if n_classes:
+        sizes.append(("class_prior", 1, n_out))
     return sizes
 
 
@@ -340,6 +347,11 @@ class DGCSPN(tf.Module):
     def joint_log_likelihood(self, x, weights=None):
         """``log p(x, y=k)`` ``[B, n_classes]`` (classifier networks)."""
         top, _ = self.forward(x, weights=weights)
+        return self.joint_from_top(top, weights)
+
+    def joint_from_top(self, top, weights=None):
+        """``log p(x, y=k)`` from the class sums' ``log p(x | y=k)`` ``top`` ``[B, n_classes]``
+        (``forward``'s first output): adds the log class prior."""
         log_prior = self.class_prior.log_weights() if weights is None else weights.log[-1]
         return top + log_prior[0, :, 0]
 
@@ -363,10 +375,11 @@ class DGCSPN(tf.Module):
     def complete(self, x, method="marginal", seed=None, sample_index=None, weights=None):
         """Fill the NaN entries of ``x`` ``[B, H, W, n_colors]``; observed values are kept.
 
-        ``method``: ``'marginal'`` (posterior-weighted component means, the paper's
-        inpainting), ``'mpe'`` (max-product completion) or ``'sample'``. ``sample_index``
-        ``[B]`` (default ``0..B-1``) keys the random draws per sample: give a large input's
-        batches their global row numbers and the result does not depend on the batching.
+        ``method``: ``'marginal'`` (the paper's inpainting: the mean of each entry's
+        posterior marginal, for discrete leaves its most probable value), ``'mpe'``
+        (max-product completion) or ``'sample'``. ``sample_index`` ``[B]`` (default
+        ``0..B-1``) keys the random draws per sample: give a large input's batches their
+        global row numbers and the result does not depend on the batching.
         """
         routing = {"marginal": "soft", "mpe": "max", "sample": "sample"}[method]
         if seed is None:
@@ -375,7 +388,7 @@ class DGCSPN(tf.Module):
             sample_index = tf.range(tf.shape(x)[0])
         signal, _ = self.leaf_signal(x, routing, seed, sample_index, weights)
         if method == "marginal":
-            values = self.leaf.expected_value(signal)
+            values = self.leaf.marginal_completion(signal)
         elif method == "mpe":
             values = self.leaf.mode(signal)
         else:

@@ -26,6 +26,13 @@ import numpy as np
 MAX_EXTRA_LAYERS = 2
 
 
+#: ``AxisOp.out_size`` before ``resolve``: keep every output cell of the padded input.
+ALL_CELLS = -1
+#: ``AxisOp.out_size`` before ``resolve`` ('final' padding): keep only the output cells
+#: whose scope is the whole input along the axis.
+FULL_SCOPE_CELLS = -2
+
+
 @dataclasses.dataclass(frozen=True)
 class AxisOp:
     """What one product layer does along one spatial axis.
@@ -40,7 +47,7 @@ class AxisOp:
     pad_before: int = 0
     pad_after: int = 0
     out_start: int = 0
-    out_size: int = -1  # resolved by ``resolve``; -1 = all output cells
+    out_size: int = ALL_CELLS  # a count after ``resolve``; before, ALL_CELLS or FULL_SCOPE_CELLS
 
     def n_out_unpadded(self, n_in: int) -> int:
         n_padded = n_in + self.pad_before + self.pad_after
@@ -76,17 +83,16 @@ class ProductSpec:
     def kernel(self):
         return tuple(op.kernel for op in self.axes)
 
-    @property
-    def is_identity(self):
-        return all(op.kernel == 1 and op.stride == 1 for op in self.axes)
-
 
 @dataclasses.dataclass(frozen=True)
 class ResolvedProduct:
-    spec: ProductSpec
+    spec: ProductSpec  # its AxisOps with out_start / out_size filled in
     in_shape: tuple
     out_shape: tuple
-    axes: tuple  # AxisOp with out_start/out_size filled in
+
+    @property
+    def axes(self):
+        return self.spec.axes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,9 +127,10 @@ def _contiguous(idx: np.ndarray, what: str) -> tuple:
 def _axis_forward(mask: np.ndarray, op: AxisOp, n_out: int) -> tuple:
     """Scope masks of the output cells along one axis and the pairwise overlap table.
 
-    Returns ``(out_mask [n_out, n_inputs], overlap [k, k])`` where ``overlap[a, b]``
-    says whether children at kernel offsets ``a`` and ``b`` share an input position for
-    some output cell (``a == b``: whether that child is ever non-empty).
+    Returns ``(out_mask [n_out, n_inputs], overlap [k, k], children [n_out, k,
+    n_inputs])`` where ``overlap[a, b]`` says whether children at kernel offsets ``a`` and
+    ``b`` share an input position for some output cell (``a == b``: whether that child is
+    ever non-empty) and ``children`` holds each output cell's children's scope masks.
     """
     n_in, n_inputs = mask.shape
     padded = np.zeros((n_in + op.pad_before + op.pad_after, n_inputs), dtype=bool)
@@ -171,7 +178,7 @@ def resolve(input_shape: Sequence[int], products: Sequence[ProductSpec]) -> Scop
                     f"{_axis_name(ax, n_axes)} (padding {op.pad_before}+{op.pad_after})")
             op_full = dataclasses.replace(op, out_start=0, out_size=n_full)
             out_mask, overlap, children = _axis_forward(mask, op_full, n_full)
-            if op.out_size == -2:  # 'final': keep the full-scope cells only
+            if op.out_size == FULL_SCOPE_CELLS:  # 'final' padding
                 start, size = _contiguous(
                     _distinct_cells(np.flatnonzero(out_mask.all(axis=1)), op_full, mask.shape[0]),
                     f"product layer {layer} ({_axis_name(ax, n_axes)}, final padding)")
@@ -188,7 +195,7 @@ def resolve(input_shape: Sequence[int], products: Sequence[ProductSpec]) -> Scop
         masks = out_masks
         resolved.append(ResolvedProduct(
             spec=dataclasses.replace(spec, axes=tuple(new_axes)), in_shape=in_shape,
-            out_shape=tuple(m.shape[0] for m in masks), axes=tuple(new_axes)))
+            out_shape=tuple(m.shape[0] for m in masks)))
     top_index = tuple(
         _contiguous(np.flatnonzero(m.all(axis=1)), f"top ({_axis_name(ax, n_axes)})")
         for ax, m in enumerate(masks))
@@ -346,7 +353,7 @@ def plan_products(input_shape, depth="auto", kernel_size=2, n_nonoverlapping=0,
     if depth == "auto":
         depth = lo
     depth = int(depth)
-    hi = lo + MAX_EXTRA_LAYERS
+    hi = max_depth(input_shape, kernels_or_two(kernels), n_nonoverlapping)
     if depth < 0:
         raise ValueError(f"depth must be >= 0 or 'auto', got {depth}")
     if depth > hi:
@@ -396,7 +403,7 @@ def plan_products(input_shape, depth="auto", kernel_size=2, n_nonoverlapping=0,
                 final = i == last_real
                 ov.append(AxisOp(kernel=kk, dilation=dilation,
                                  pad_before=(kk - 1) * dilation, pad_after=(kk - 1) * dilation,
-                                 out_size=-2 if final else -1))
+                                 out_size=FULL_SCOPE_CELLS if final else ALL_CELLS))
                 dilation *= kk
         ov += [IDENTITY] * (n_ov - len(ov))
         axis_ops.append(ops + ov)
@@ -437,10 +444,10 @@ def product_spec(kernel, strides=None, dilations=None, padding="valid", mode="de
                                  f"got {padding!r}")
             p = 0 if padding == "valid" else (k - 1) * d
             pads = (p, p)
-            out_size = -2 if padding == "final" else -1
+            out_size = FULL_SCOPE_CELLS if padding == "final" else ALL_CELLS
         else:
             pads = tuple(padding[ax])
-            out_size = -1
+            out_size = ALL_CELLS
         axes.append(AxisOp(kernel=k, stride=s, dilation=d, pad_before=pads[0],
                            pad_after=pads[1], out_size=out_size))
     return ProductSpec(axes=tuple(axes), mode=mode, n_channels=n_channels, name=name)

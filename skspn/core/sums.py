@@ -84,7 +84,7 @@ def scaled_matmul(p, w):
     return tf.matmul(p, w)
 
 
-def _random_argmax(z, axis, keys):
+def _random_argmax(z, keys):
     """Argmax over the channel axis (last, of ``[N, B, C]``) with exact ties broken at random.
 
     Tied entries are ranked by random integer priorities drawn per (sample, channel) from
@@ -93,10 +93,10 @@ def _random_argmax(z, axis, keys):
     ``[N, B, C]`` cost 5x the argmax itself (benchmarks/formulations.py), and ties only
     arise between exactly equal values (e.g. the components of a marginalised pixel).
     """
-    is_max = z >= tf.reduce_max(z, axis=axis, keepdims=True)
+    is_max = z >= tf.reduce_max(z, axis=2, keepdims=True)
     shape = tf.shape(z)
     priority = keyed_random.bits(keys, tf.stack([1, shape[1], shape[2]]), 1)
-    return tf.argmax(tf.where(is_max, priority, -tf.ones_like(priority)), axis=axis,
+    return tf.argmax(tf.where(is_max, priority, -tf.ones_like(priority)), axis=2,
                      output_type=tf.int32)
 
 
@@ -135,7 +135,7 @@ def unweighted_choice_by_child(child_scores, keys):
     radix = child_scores[0].shape[-1]
     sel = None
     for i, scores in enumerate(child_scores):
-        digit = _random_argmax(scores, 2, keyed_random.fold_in(keys, _CHILD_STREAM + i))
+        digit = _random_argmax(scores, keyed_random.fold_in(keys, _CHILD_STREAM + i))
         sel = digit if sel is None else sel * radix + digit
     return sel
 
@@ -179,7 +179,7 @@ def choose(scores, log_w, g, keys, routing, combinations=None):
         # whatever its position in the batch (random tie-breaks are keyed by that position,
         # and ties are common: equal weights over the components of a missing pixel).
         return tf.argmax(z, axis=-1, output_type=tf.int32), signal
-    return _random_argmax(z, 2, keys), signal
+    return _random_argmax(z, keys), signal
 
 
 def route(scores, log_w, g, keys, routing, combinations=None):

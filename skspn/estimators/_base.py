@@ -40,6 +40,10 @@ def _compatible(version_a, version_b):
 MIXED_UNITS_RATIO = 100.0
 MIXED_UNITS_ROWS = 10000
 
+#: A one-hot first product keeps all combinations of its children's channels up to this
+#: many, else a seeded random subset of this many (``scopes.plan_products``).
+ONE_HOT_MAX_CHANNELS = 256
+
 
 def _caller_stacklevel():
     """``stacklevel`` of a warning raised here that points at the first frame outside
@@ -379,7 +383,7 @@ class BaseDGCSPN(BaseEstimator):
         try:
             products = plan_products((h, w), self.depth, kernel,
                                      self.n_nonoverlapping, first_product,
-                                     self._one_hot_max_channels())
+                                     ONE_HOT_MAX_CHANNELS)
         except ValueError as exc:
             raise ValueError(f"invalid architecture for image_shape {self.image_shape_}: "
                              f"{exc}") from None
@@ -411,7 +415,9 @@ class BaseDGCSPN(BaseEstimator):
             return
         products, channels = self._plan(self.first_product)
         h, w, c = self.image_shape_
-        sizes = layer_sizes((h, w), self.n_components, products, channels)
+        classes = getattr(self, "classes_", None)  # the classifier's, set before this
+        sizes = layer_sizes((h, w), self.n_components, products, channels,
+                            None if classes is None else len(classes))
         batch = self._training_batch(n_samples)
         strategy = getattr(self, "_strategy", None)
         if strategy is not None:
@@ -439,9 +445,6 @@ class BaseDGCSPN(BaseEstimator):
             raise ValueError(f"kernel_size must be an int >= 2 or (height, width) of ints "
                              f">= 2, got {self.kernel_size!r}")
         return kernel
-
-    def _one_hot_max_channels(self):
-        return 256
 
     def _build_network(self, leaf, products, channels, n_classes, log_space, seed):
         from ..core.network import DGCSPN
