@@ -1287,6 +1287,13 @@ def test_scaled_from_multiplies_only_where_the_product_cannot_underflow(tiny_cel
     np.testing.assert_allclose(m_out, m_log, rtol=1e-5, atol=1e-5)
     taken = p_lin if multiplies else p_log
     np.testing.assert_array_equal(p, taken)  # the path taken, bit for bit
+    # The same rule where the product's log-values are wanted (a last product, no sum).
+    from_logs = product._forward_from_logs(s, m).numpy()
+    multiplied = product._forward_multiplied(s, m).numpy()
+    assert np.all(np.isfinite(multiplied)) == multiplies
+    out = product.forward_from_scaled(s, m, floor).numpy()
+    np.testing.assert_allclose(out, from_logs, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(out, multiplied if multiplies else from_logs)
 
 
 @pytest.mark.parametrize("leaf_kind", ["normal", "categorical"])

@@ -77,7 +77,7 @@ def product_of(product, x):
     def op(s, m):
         def grad(g):
             return product.backward(g), tf.zeros_like(m)  # the ScaledValues convention
-        return product.forward_from_scaled(s, m), grad
+        return product.forward_from_scaled(s, m, x.log_floor), grad
 
     return op(x.s, x.m)
 

@@ -175,8 +175,10 @@ class Product(tf.Module):
                                              autograph=False)
         self._scaled_log_fn = tf.function(self._scaled_log_impl, jit_compile=True,
                                           autograph=False)
-        self._forward_from_scaled_fn = tf.function(
-            lambda s, m: self._forward(tf.math.log(s) + m), jit_compile=True, autograph=False)
+        self._forward_from_logs_fn = tf.function(self._forward_from_logs, jit_compile=True,
+                                                 autograph=False)
+        self._forward_multiplied_fn = tf.function(self._forward_multiplied, jit_compile=True,
+                                                  autograph=False)
         self._backward_fn = tf.function(self._backward, jit_compile=True, autograph=False)
 
     def _distinct_digit_rows(self, rng, n_children, count):
@@ -350,15 +352,29 @@ class Product(tf.Module):
         floor = tf.broadcast_to(log_floor, [h_in, w_in, 1, self.in_channels])
         return tf.reduce_min(self._forward(floor)) >= LINEAR_MIN_LOG
 
-    def forward_from_scaled(self, s, m):
-        """The output log-values (``__call__``) from the input's ``log(s) + m``: the logs
-        are taken in the same compiled pass as the product for large inputs, instead of
-        one pass over the input of their own (the last product of the MNIST inpainting
-        net: 59 x 59 input cells). No gradient of its own (``product_sum.product_of``)."""
-        if (compiles_layer(int(np.prod(self.resolved.in_shape)), self.n_pixels)
-                and not tracing_for_xla()):
-            return self._forward_from_scaled_fn(s, m)
+    def forward_from_scaled(self, s, m, log_floor):
+        """The output log-values (``__call__``) from the input's ``log(s) + m``
+        (``log_floor`` as in ``scaled_from``). A depthwise product multiplies the ``s``
+        and takes the logs of its outputs where that cannot underflow (the rule of
+        ``scaled_from``), else it adds the inputs' logs; the last product of the MNIST
+        inpainting net, 59 x 59 input cells and 32 x 32 output cells, batch 128: 4.0-4.9
+        against 6.3-6.7 ms. Large inputs run compiled. No gradient of its own
+        (``product_sum.product_of``)."""
+        compiled = (compiles_layer(int(np.prod(self.resolved.in_shape)), self.n_pixels)
+                    and not tracing_for_xla())
+        from_logs = self._forward_from_logs_fn if compiled else self._forward_from_logs
+        multiplied = self._forward_multiplied_fn if compiled else self._forward_multiplied
+        if not self._separable() or tracing_for_xla():
+            return from_logs(s, m)
+        return tf.cond(self.multiplies_scaled(log_floor), lambda: multiplied(s, m),
+                       lambda: from_logs(s, m))
+
+    def _forward_from_logs(self, s, m):
         return self._forward(tf.math.log(s) + m)
+
+    def _forward_multiplied(self, s, m):
+        return (tf.math.log(self._along_axes(s, tf.multiply, 1.0))
+                + self._along_axes(m, tf.add, 0.0))
 
     def _scaled_log_impl(self, s, m):
         return self._scaled_impl(tf.math.log(s) + m)
