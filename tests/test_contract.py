@@ -254,6 +254,26 @@ def test_interrupted_partial_fit_keeps_the_model(digits, make, monkeypatch):
     model.partial_fit(*args)  # and it trains on
 
 
+@pytest.mark.parametrize("make", [
+    lambda s: DGCSPNDensityEstimator(**SMALL, standardize=None, leaf_scale=s),
+    lambda s: DGCSPNClassifier(**SMALL_CLF, standardize=None, leaf_scale=s),
+])
+def test_leaf_scales_below_the_floor_are_honoured(digits, make):
+    # Data in small units with standardize=None need narrow leaves; a leaf_scale below
+    # the Normal leaves' default floor (0.01) was silently raised to it.
+    X, y = digits
+    X = X[:200] * 1e-3
+    fits = {s: make(s).fit(X, y[:200]) for s in (0.001, 0.005)}
+    for s, est in fits.items():
+        np.testing.assert_allclose(est._get_ops().network.leaf.scale.numpy(), s, rtol=1e-3)
+    assert not np.allclose(fits[0.001].score_samples(X[:5]), fits[0.005].score_samples(X[:5]))
+    # The floor is the fitted one after a set_params and through a pickle.
+    est = fits[0.001]
+    before = est.score_samples(X[:5])
+    est.set_params(leaf_scale=1.0)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(est)).score_samples(X[:5]), before)
+
+
 def test_interrupted_warm_fit_keeps_the_model_and_its_history(digits, monkeypatch):
     # Interrupted in its second epoch, after the first had appended to history_ (a dict
     # of lists for the classifier, whose lists were once kept by reference, not copied).

@@ -162,6 +162,13 @@ def _is_unfitted(estimator):
     return not (hasattr(estimator, "network_weights_") or hasattr(estimator, "estimators_"))
 
 
+def leaf_min_scale(leaf_scale):
+    """The floor of the Normal leaves' scale (``NormalLeaf(min_scale=...)``): its default,
+    0.01, or ``leaf_scale`` if smaller, so that a smaller requested scale (data in small
+    units with ``standardize=None``) is not silently raised to the floor."""
+    return min(1e-2, float(leaf_scale))
+
+
 class BaseDGCSPN(BaseEstimator):
     """Base class; not for direct use."""
 
@@ -553,9 +560,11 @@ class BaseDGCSPN(BaseEstimator):
 
         return scope(getattr(self, "_strategy", None))
 
-    #: Parameters the network's layers and stored weights depend on.
+    #: Parameters the network's layers and stored weights depend on (``leaf_scale``: the
+    #: Normal leaves' floor, ``leaf_min_scale``), kept from the fit for rebuilding it.
     _architecture_parameters = ("depth", "sum_channels", "n_components", "leaf",
-                                "kernel_size", "first_product", "n_nonoverlapping", "learning")
+                                "kernel_size", "first_product", "n_nonoverlapping", "learning",
+                                "leaf_scale")
 
     def _architecture(self):
         """The network's architecture as planned from the current parameters."""

@@ -15,7 +15,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, column_or_1d
 
-from ._base import BaseDGCSPN, _is_unfitted, _unfitted_if_it_fails
+from ._base import BaseDGCSPN, _is_unfitted, _unfitted_if_it_fails, leaf_min_scale
 
 
 class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
@@ -85,6 +85,7 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         Initial standard deviation of the Normal components (standardised units). Means
         start equidistant per pixel over the 1st-99th percentile of the standardised
         training data, so components separate pixel values from the first step.
+        Training keeps the scales above ``min(0.01, leaf_scale)``.
     random_state : int, RandomState instance or None, default=None
     verbose : int, default=0
     warm_start : bool, default=False
@@ -190,7 +191,8 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         h, w, c = self.image_shape_
         low, high = self.leaf_range_
         loc = equidistant_means((h, w), c, self.n_components, low, high)
-        leaf = NormalLeaf(loc, scale=self.leaf_scale, trainable=True)
+        leaf = NormalLeaf(loc, scale=self.leaf_scale, trainable=True,
+                          min_scale=leaf_min_scale(self.leaf_scale))
         products, channels = self._plan(self.first_product)
         net = self._build_network(leaf, products, channels, len(self.classes_),
                                   log_space=True, seed=self.seed_)

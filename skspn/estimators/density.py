@@ -12,7 +12,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._base import (BaseDGCSPN, _caller_stacklevel, _images_from_list, _is_unfitted,
-                    _unfitted_if_it_fails)
+                    _unfitted_if_it_fails, leaf_min_scale)
 
 #: leaf='categorical': the most categories (8-bit codes); the leaves' per-category
 #: tensors grow with the count, and raw identifiers (zip codes) would exhaust memory.
@@ -138,7 +138,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
             z = np.full((1, h, w, c), np.nan, np.float32)
         if self.leaf == "normal":
             leaf = L.NormalLeaf(L.component_means(z, k), scale=self.leaf_scale,
-                                trainable=trainable)
+                                trainable=trainable, min_scale=leaf_min_scale(self.leaf_scale))
         elif self.leaf == "bernoulli":
             leaf = L.BernoulliLeaf(L.bernoulli_logits(z, k), trainable=trainable)
         else:
@@ -533,7 +533,7 @@ class DGCSPNDensityEstimator(DensityMixin, GenerativeDGCSPN):
         unit variance completes images best (``benchmarks/README.md``); as a density it
         is wider than the data (the quantile means spread on top of it), so for
         ``score_samples`` a smaller value (e.g. 0.5), chosen on held-out ``score``, can
-        fit better.
+        fit better. Gradient learning keeps scales above ``min(0.01, leaf_scale)``.
     random_state : int, RandomState instance or None, default=None
     verbose : int, default=0
         1 prints one line per epoch, and a progress bar on epochs of at least 20 batches
