@@ -15,6 +15,7 @@ from scipy.stats import chisquare
 
 from _brute import NumpySPN, all_states, completions
 from skspn.core import DGCSPN, BernoulliLeaf, CategoricalLeaf, NormalLeaf
+from skspn.core.learning import CompiledOps, EMLearner, GradientLearner
 from skspn.core.network import layer_sizes
 from skspn.core.scopes import max_depth, plan_products, product_spec
 
@@ -1558,3 +1559,43 @@ def test_unweighted_choice_over_combinations_is_uniform_over_the_tied_ones(by_ch
     table = np.zeros((3, 2))
     np.add.at(table, (np.searchsorted([0, 1, 3], sel // 4), sel % 4 // 2), 1)
     assert chi2_contingency(table).pvalue > 1e-3, table
+
+
+def _checked_net(**over):
+    args = dict(shape=(4, 4), leaf=NormalLeaf(np.zeros((4, 4, 1, 2))),
+                products=plan((4, 4), "depthwise"), sum_channels=[2], n_classes=None)
+    args.update(over)
+    return DGCSPN(args["shape"], args["leaf"], args["products"], args["sum_channels"],
+                  n_classes=args["n_classes"], log_space=args.get("log_space", True))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: _checked_net(leaf=NormalLeaf(np.zeros((5, 5, 1, 2)))), r"cover \(5, 5\) cells"),
+    (lambda: NormalLeaf(np.zeros(4)), r"loc must have shape \(H, W, n_colors, K\)"),
+    (lambda: BernoulliLeaf(np.zeros((4, 4, 2))), r"logits must have shape"),
+    (lambda: NormalLeaf(np.zeros((4, 4, 1, 2)), min_scale=0.0), r"min_scale must be positive"),
+    (lambda: NormalLeaf(np.zeros((4, 4, 1, 2)), scale=-1.0), r"scale must be positive"),
+    (lambda: _checked_net(sum_channels=[2.7]), r"sum_channels must hold whole numbers"),
+    (lambda: _checked_net(n_classes=0), r"n_classes must be None or a positive integer"),
+    (lambda: _checked_net().log_likelihood(tf.zeros((2, 4, 4, 3))), r"\[B, 4, 4, 1\]"),
+    (lambda: _checked_net().complete(tf.zeros((2, 4, 4, 1)), method="best"), r"method must"),
+    (lambda: EMLearner(_checked_net(log_space=False), "foo"), r"learning must be one of"),
+    (lambda: GradientLearner(_checked_net(log_space=False)), r"log_space=True"),
+    (lambda: GradientLearner(_checked_net(), product_dropout=1.5), r"product_dropout"),
+    (lambda: GradientLearner(_checked_net(), learning_rate=-1), r"learning_rate must be"),
+    (lambda: GradientLearner(_checked_net(n_classes=3), "ce").step(
+        np.zeros((2, 4, 4, 1), np.float32), np.ones(2, np.float32), np.zeros(2, np.int64)),
+     r"needs the class indices y"),
+    (lambda: CompiledOps(_checked_net()).predictive(np.zeros((2, 4, 4, 1), np.float32)),
+     r"discrete"),
+    (lambda: CompiledOps(_checked_net()).joint_log_likelihood(
+        np.zeros((2, 4, 4, 1), np.float32)), r"class sums"),
+    (lambda: CompiledOps(_checked_net()).complete(np.zeros((2, 4, 4, 1), np.float32), "best"),
+     r"method must be one of"),
+])
+def test_core_arguments_are_checked(call, message):
+    # The public core refused these late (TensorFlow or KeyError / AttributeError), or not
+    # at all: a wrong colour count broadcast silently, min_scale=0 made every value
+    # equally likely, 'ce' without y trained every sample as class 0.
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -345,3 +345,25 @@ def test_random_hand_made_stacks_agree_with_naive_checker():
             n_invalid += 1
     # The sample must exercise both outcomes substantially.
     assert n_valid >= 100 and n_invalid >= 300 and n_decomp >= 100, (n_valid, n_invalid, n_decomp)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: plan_products((8, 8), depth=2.7), r"depth must be an integer >= 0 or 'auto'"),
+    (lambda: plan_products((8, 8), depth=True), r"depth must be an integer"),
+    (lambda: plan_products((8, 8), n_nonoverlapping=-1), r"n_nonoverlapping must be an integer"),
+    (lambda: plan_products((8, 8), first_product="foo"), r"first_product must be"),
+    (lambda: plan_products((8, 8), kernel_size=2.5), r"kernel_size must be an integer >= 2"),
+    (lambda: plan_products((8, 8), kernel_size=(2, 1)), r"kernel_size must be an integer >= 2"),
+    (lambda: plan_products((8, 8), one_hot_max_channels=0), r"one_hot_max_channels"),
+    (lambda: product_spec((2, 2), padding=1), r"one \(before, after\) pair per axis"),
+    (lambda: product_spec((2, 2), padding=((1, 1),)), r"one \(before, after\) pair per axis"),
+    (lambda: product_spec((2, 2), padding=((-1, 1), (0, 0))), r"padding must be an integer"),
+    (lambda: product_spec((2, 2), n_channels=2.5), r"n_channels must be an integer"),
+    (lambda: product_spec((2, 2), strides=0), r"strides must be an integer >= 1"),
+    (lambda: product_spec((2, 2), mode="both"), r"mode must be"),
+])
+def test_planner_arguments_are_checked_not_truncated(call, message):
+    # Fractions were truncated (depth 2.7 -> 2) and bad values failed later with numpy or
+    # Python errors (or not at all: n_nonoverlapping=-1 acted as 0).
+    with pytest.raises(ValueError, match=message):
+        call()

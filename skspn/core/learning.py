@@ -76,6 +76,8 @@ class EMLearner:
             raise ValueError("EM needs a network built with log_space=False (count accumulators)")
         if update not in ("epoch", "online"):
             raise ValueError(f"update must be 'epoch' or 'online', got {update!r}")
+        if learning not in EM_ROUTINGS:
+            raise ValueError(f"learning must be one of {sorted(EM_ROUTINGS)}, got {learning!r}")
         self.network = network
         self.routing = EM_ROUTINGS[learning]
         self.update = update
@@ -198,6 +200,15 @@ class GradientLearner:
             raise ValueError(f"objective must be 'nll' or 'ce', got {objective!r}")
         if objective == "ce" and not network.n_classes:
             raise ValueError("cross-entropy needs a network with class sums")
+        if not network.top.log_space:
+            raise ValueError("gradient learning needs a network built with log_space=True "
+                             "(log-space accumulators)")
+        for name, rate in (("product_dropout", product_dropout),
+                           ("input_dropout", input_dropout)):
+            if not 0.0 <= float(rate) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {rate!r}")
+        if not float(learning_rate) > 0.0:
+            raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
         self.network = network
         self.objective = objective
         self.product_dropout = float(product_dropout)
@@ -262,6 +273,8 @@ class GradientLearner:
     def step(self, x, weight, seed, y=None):
         """One Adam step; ``y`` (int class indices) is needed for ``objective='ce'``."""
         if y is None:
+            if self.objective == "ce":
+                raise ValueError("objective='ce' needs the class indices y")
             y = np.zeros(len(x), np.int32)
         if self._mask_plan:
             seed = tf.constant(seed, tf.int64)
@@ -403,15 +416,22 @@ class CompiledOps:
 
     def joint_log_likelihood(self, x, weights=None):
         """``network.joint_log_likelihood`` of batch ``x`` (classifier networks)."""
+        if not hasattr(self, "_joint_log_likelihood"):
+            raise ValueError("joint_log_likelihood needs a network with class sums")
         return self._joint_log_likelihood(x, self._weights(weights))
 
     def predictive(self, x, weights=None):
         """``network.predictive`` of batch ``x`` (discrete leaves)."""
+        if not hasattr(self, "_predictive"):
+            raise ValueError("predictive needs a network with discrete (Bernoulli or "
+                             "Categorical) leaves")
         return self._predictive(x, self._weights(weights))
 
     def complete(self, x, method="marginal", seed=None, first_index=0, weights=None):
         """``network.complete`` on batch ``x`` whose rows are samples ``first_index, ...``
         of a larger input (keys the random draws; see ``DGCSPN.complete``)."""
+        if method not in self._complete:
+            raise ValueError(f"method must be one of {sorted(self._complete)}, got {method!r}")
         if seed is None:
             seed = np.zeros(2, np.int64)
         index = np.arange(first_index, first_index + len(x), dtype=np.int32)

@@ -165,11 +165,24 @@ def equidistant_means(spatial_shape, n_colors: int, n_components: int, low: floa
     return np.broadcast_to(grid, tuple(spatial_shape) + (n_colors, n_components)).copy()
 
 
+def _parameter_array(value, ndim, what, shape):
+    """``value`` as a float32 array of ``ndim`` dimensions, else a ValueError."""
+    value = np.asarray(value, dtype=np.float32)
+    if value.ndim != ndim:
+        raise ValueError(f"{what} must have shape {shape}, got an array of shape {value.shape}")
+    return value
+
+
 class Leaf(tf.Module):
-    """Base class. Subclasses define ``component_log_prob`` and the completions."""
+    """Base class. Subclasses define ``component_log_prob`` and the completions.
+
+    Values outside a discrete leaf's domain (not 0 / 1, or not a code below
+    ``n_categories``) are not checked here; the estimators refuse them.
+    """
 
     n_components: int
     discrete: bool = False
+    spatial_shape: tuple  # (H, W) of the image the leaf's parameters cover
 
     def log_prob(self, x: tf.Tensor, hidden: str = "marginal") -> tf.Tensor:
         """Per-component log-probabilities of ``x`` ``[H, W, B, n_colors]`` -> ``[H, W, B, K]``.
@@ -231,7 +244,12 @@ class NormalLeaf(Leaf):
 
     def __init__(self, loc, scale=1.0, trainable=False, min_scale=1e-2, name="normal_leaf"):
         super().__init__(name=name)
-        loc = np.asarray(loc, dtype=np.float32)
+        loc = _parameter_array(loc, 4, "loc", "(H, W, n_colors, K)")
+        if not float(min_scale) > 0:
+            raise ValueError(f"min_scale must be positive, got {min_scale!r}")
+        if not np.all(np.asarray(scale) > 0):
+            raise ValueError("scale must be positive")
+        self.spatial_shape = loc.shape[:2]
         self.n_components = loc.shape[-1]
         self.n_colors = loc.shape[-2]
         self.min_scale = float(min_scale)
@@ -280,7 +298,8 @@ class BernoulliLeaf(Leaf):
 
     def __init__(self, logits, trainable=True, name="bernoulli_leaf"):
         super().__init__(name=name)
-        logits = np.asarray(logits, dtype=np.float32)
+        logits = _parameter_array(logits, 4, "logits", "(H, W, n_colors, K)")
+        self.spatial_shape = logits.shape[:2]
         self.n_components = logits.shape[-1]
         self.n_colors = logits.shape[-2]
         self.logits = tf.Variable(logits[:, :, None], trainable=trainable, name="logits")
@@ -318,7 +337,8 @@ class CategoricalLeaf(Leaf):
 
     def __init__(self, logits, trainable=True, name="categorical_leaf"):
         super().__init__(name=name)
-        logits = np.asarray(logits, dtype=np.float32)  # [H, W, n_colors, K, n_categories]
+        logits = _parameter_array(logits, 5, "logits", "(H, W, n_colors, K, n_categories)")
+        self.spatial_shape = logits.shape[:2]
         self.n_components = logits.shape[-2]
         self.n_colors = logits.shape[-3]
         self.n_categories = logits.shape[-1]

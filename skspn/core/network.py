@@ -132,12 +132,20 @@ class DGCSPN(tf.Module):
         self.spatial_shape = tuple(int(n) for n in spatial_shape)
         if len(self.spatial_shape) != 2:
             raise ValueError(f"spatial_shape must be (H, W), got {spatial_shape}")
+        if any(isinstance(c, (bool, np.bool_)) or int(c) != c for c in sum_channels):
+            raise ValueError(f"sum_channels must hold whole numbers, got {list(sum_channels)}")
         sum_channels = [int(c) for c in sum_channels]
         if len(sum_channels) != max(len(products) - 1, 0):
             raise ValueError(f"{len(products)} product layers need {max(len(products) - 1, 0)} "
                              f"sum layers between them, got sum_channels={sum_channels}")
         if any(c < 1 for c in sum_channels):
             raise ValueError(f"sum_channels must be positive, got {sum_channels}")
+        if n_classes is not None and (isinstance(n_classes, (bool, np.bool_))
+                                      or int(n_classes) != n_classes or n_classes < 1):
+            raise ValueError(f"n_classes must be None or a positive integer, got {n_classes!r}")
+        if tuple(leaf.spatial_shape) != self.spatial_shape:
+            raise ValueError(f"the leaf's parameters cover {tuple(leaf.spatial_shape)} cells, "
+                             f"the network's image {self.spatial_shape}")
         self.report = resolve(self.spatial_shape, products)
         self.leaf = leaf
         self.n_colors = leaf.n_colors
@@ -215,6 +223,13 @@ class DGCSPN(tf.Module):
         # elementwise passes over [H, W, B, K], which XLA fuses into one: 29 -> 7 ms on the
         # MNIST classifier's 32 components at batch 128. Small images (XLA_MIN_PIXELS, as
         # for the products) do not repay a compilation per input shape.
+        # Checked on the static shape (free in a traced function): a wrong colour count
+        # broadcast against the leaves silently.
+        shape, expected = tf.TensorShape(x.shape), self.spatial_shape + (self.n_colors,)
+        if shape.rank is not None and (shape.rank != 4 or any(
+                n is not None and n != e for n, e in zip(shape[1:], expected))):
+            raise ValueError(f"x must have shape [B, H, W, n_colors] = [B, "
+                             f"{', '.join(map(str, expected))}], got {shape}")
         if (int(np.prod(self.spatial_shape)) >= XLA_MIN_PIXELS
                 and not tracing_for_xla()):
             return self._leaf_log_prob_fn(x, hidden)
@@ -381,7 +396,10 @@ class DGCSPN(tf.Module):
         ``0..B-1``) keys the random draws per sample: give a large input's batches their
         global row numbers and the result does not depend on the batching.
         """
-        routing = {"marginal": "soft", "mpe": "max", "sample": "sample"}[method]
+        routings = {"marginal": "soft", "mpe": "max", "sample": "sample"}
+        if method not in routings:
+            raise ValueError(f"method must be one of {sorted(routings)}, got {method!r}")
+        routing = routings[method]
         if seed is None:
             seed = tf.constant([0, 0], tf.int64)
         if sample_index is None:

@@ -260,10 +260,19 @@ def _check_decomposable(layer, spec, overlaps, children_all, n_axes):
 # --------------------------------------------------------------------------- planner
 
 
-def _as_axis_tuple(value, n_axes, name):
-    if isinstance(value, (int, np.integer)):
-        return (int(value),) * n_axes
-    value = tuple(int(v) for v in value)
+def _whole(value, name, low=0):
+    """``value`` as an int if it is a whole number (not a bool) of at least ``low``, else a
+    ValueError naming ``name`` (``int()`` would silently truncate 2.7 to 2)."""
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+            or value < low):
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _as_axis_tuple(value, n_axes, name, low=0):
+    if np.ndim(value) == 0:
+        return (_whole(value, name, low),) * n_axes
+    value = tuple(_whole(v, name, low) for v in value)
     if len(value) != n_axes:
         raise ValueError(f"{name} needs one value per spatial axis ({n_axes}), got {value}")
     return value
@@ -339,9 +348,14 @@ def plan_products(input_shape, depth="auto", kernel_size=2, n_nonoverlapping=0,
     n_axes = len(input_shape)
     if any(n < 1 for n in input_shape):
         raise ValueError(f"input shape must have at least one cell per axis, got {input_shape}")
-    kernels = _as_axis_tuple(kernel_size, n_axes, "kernel_size")
-    if any(k < 2 for k in kernels):
-        raise ValueError(f"kernel_size must be >= 2, got {kernel_size}")
+    if first_product not in ("one_hot", "depthwise"):
+        raise ValueError(f"first_product must be 'one_hot' or 'depthwise', got {first_product!r}")
+    if not (isinstance(depth, str) and depth == "auto"):
+        if isinstance(depth, (bool, np.bool_)) or not isinstance(depth, (int, np.integer)):
+            raise ValueError(f"depth must be an integer >= 0 or 'auto', got {depth!r}")
+    n_nonoverlapping = _whole(n_nonoverlapping, "n_nonoverlapping")
+    one_hot_max_channels = _whole(one_hot_max_channels, "one_hot_max_channels", low=1)
+    kernels = _as_axis_tuple(kernel_size, n_axes, "kernel_size", low=2)
     for ax, (n, k) in enumerate(zip(input_shape, kernels)):
         if k > n and n > 1:
             raise ValueError(
@@ -355,7 +369,7 @@ def plan_products(input_shape, depth="auto", kernel_size=2, n_nonoverlapping=0,
     depth = int(depth)
     hi = max_depth(input_shape, kernels_or_two(kernels), n_nonoverlapping)
     if depth < 0:
-        raise ValueError(f"depth must be >= 0 or 'auto', got {depth}")
+        raise ValueError(f"depth must be an integer >= 0 or 'auto', got {depth}")
     if depth > hi:
         raise ValueError(
             f"depth={depth} is too large for an input of shape {input_shape}: at most {hi} "
@@ -431,10 +445,22 @@ def product_spec(kernel, strides=None, dilations=None, padding="valid", mode="de
     each side), ``'final'`` (full, then keep only output cells with full scope) or an
     explicit per-axis sequence of ``(before, after)`` pairs.
     """
-    kernel = tuple(int(k) for k in kernel)
+    kernel = tuple(_whole(k, "kernel", low=1) for k in kernel)
     n_axes = len(kernel)
-    strides = _as_axis_tuple(1 if strides is None else strides, n_axes, "strides")
-    dilations = _as_axis_tuple(1 if dilations is None else dilations, n_axes, "dilations")
+    strides = _as_axis_tuple(1 if strides is None else strides, n_axes, "strides", low=1)
+    dilations = _as_axis_tuple(1 if dilations is None else dilations, n_axes, "dilations",
+                               low=1)
+    if mode not in ("depthwise", "one_hot"):
+        raise ValueError(f"mode must be 'depthwise' or 'one_hot', got {mode!r}")
+    if n_channels is not None:
+        n_channels = _whole(n_channels, "n_channels", low=1)
+    if not isinstance(padding, str):
+        pairs = ([tuple(pair) if np.ndim(pair) == 1 else () for pair in padding]
+                 if np.ndim(padding) >= 1 else [])
+        if len(pairs) != n_axes or any(len(pair) != 2 for pair in pairs):
+            raise ValueError(f"padding needs one (before, after) pair per axis ({n_axes}), "
+                             f"got {padding!r}")
+        padding = [tuple(_whole(p, "padding", low=0) for p in pair) for pair in pairs]
     axes = []
     for ax in range(n_axes):
         k, s, d = kernel[ax], strides[ax], dilations[ax]
