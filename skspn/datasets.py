@@ -181,6 +181,10 @@ def _check_subset(subset):
 
 def _load_idx_dataset(folder, checksums, data_home, subset, return_X_y, name, descr):
     _check_subset(subset)
+    if isinstance(data_home, str) and data_home in _SUBSETS and not os.path.isdir(data_home):
+        # load_mnist("test"): data_home comes first, as in scikit-learn's fetchers.
+        raise ValueError(f"data_home={data_home!r} is not a folder; to load the "
+                         f"{data_home!r} subset, pass subset={data_home!r}")
     home = get_data_home(data_home)
     prefixes = {"train": ["train"], "test": ["t10k"], "all": ["train", "t10k"]}[subset]
     images, labels = [], []

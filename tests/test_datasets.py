@@ -115,6 +115,15 @@ def test_missing_folder_message(tmp_path, monkeypatch):
         load_fashion_mnist(data_home=tmp_path, subset="test")
 
 
+@pytest.mark.parametrize("loader", [load_mnist, load_fashion_mnist])
+def test_subset_passed_as_data_home_is_named(loader, tmp_path, monkeypatch):
+    # load_mnist("test") reads "test" as data_home (first, as in scikit-learn's fetchers)
+    # and reported a missing ./test/mnist/... file.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"pass subset='test'"):
+        loader("test")
+
+
 def test_corrupted_file_raises(data_home, tmp_path):
     src = os.path.join(data_home, "mnist")
     dst = tmp_path / "mnist"
