@@ -81,6 +81,9 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         ``'sample'`` suits images, whose pixels share one unit; for tabular data with
         columns in different units use ``'feature'`` (a fit with ``'sample'`` warns when
         a quarter of the features vary over 100 times less than the most varying one).
+        Queries and warm fits scale X with the current setting, as the generative
+        estimators do: a ``set_params`` after ``fit`` changes how X reaches a network
+        trained with the fitted setting (``'feature'`` needs a fit with ``'feature'``).
     leaf_scale : float, default=0.5
         Initial standard deviation of the Normal components (standardised units). Means
         start equidistant per pixel over the 1st-99th percentile of the standardised
