@@ -339,7 +339,14 @@ class Product(tf.Module):
             multiplied, from_logs = self._scaled_linear_fn, self._scaled_log_fn
         else:
             multiplied, from_logs = self._scaled_linear_impl, self._scaled_log_impl
-        if self.mode != "depthwise" or tracing_for_xla():
+        return self._multiplied_where_safe(self.mode == "depthwise", multiplied, from_logs,
+                                           s, m, log_floor)
+
+    def _multiplied_where_safe(self, can_multiply, multiplied, from_logs, s, m, log_floor):
+        """``multiplied(s, m)`` where ``multiplies_scaled(log_floor)``, else
+        ``from_logs(s, m)``; always the latter when the product cannot multiply or a step
+        compiled as a whole is traced (an XLA conditional there was slower)."""
+        if not can_multiply or tracing_for_xla():
             return from_logs(s, m)
         return tf.cond(self.multiplies_scaled(log_floor), lambda: multiplied(s, m),
                        lambda: from_logs(s, m))
@@ -364,10 +371,8 @@ class Product(tf.Module):
                     and not tracing_for_xla())
         from_logs = self._forward_from_logs_fn if compiled else self._forward_from_logs
         multiplied = self._forward_multiplied_fn if compiled else self._forward_multiplied
-        if not self._separable() or tracing_for_xla():
-            return from_logs(s, m)
-        return tf.cond(self.multiplies_scaled(log_floor), lambda: multiplied(s, m),
-                       lambda: from_logs(s, m))
+        return self._multiplied_where_safe(self._separable(), multiplied, from_logs, s, m,
+                                           log_floor)
 
     def _forward_from_logs(self, s, m):
         return self._forward(tf.math.log(s) + m)

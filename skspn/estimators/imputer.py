@@ -264,6 +264,12 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
         ``add_indicator`` was set after fit)."""
         return np.flatnonzero(self._missing_in_training_)
 
+    def _network_parameters(self, seed):
+        """The parameters in which each network differs from this imputer (the rest are
+        this imputer's): one network, given the validated images."""
+        return dict(n_networks=1, missing_values=np.nan, add_indicator=False,
+                    image_shape=self.image_shape_, random_state=seed)
+
     def _fit_networks(self, X, partial, first=True):
         """Fit (or update online) ``n_networks`` single-network imputers on ``X``."""
         images = self._prepare(X, reset=first)
@@ -272,10 +278,9 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
             # The networks are clones made at the first fit: they get the training
             # parameters set since (batch_size, learning_rate, tol, verbose, ...), as one
             # network would use them, not those of that fit.
-            per_network = {"n_networks", "missing_values", "add_indicator", "image_shape",
-                           "random_state"}
+            own = self._network_parameters(seed=None)
             current = {name: value for name, value in self.get_params(deep=False).items()
-                       if name not in per_network}
+                       if name not in own}
             for estimator in self.estimators_:
                 estimator.set_params(**current)
         if first:
@@ -284,10 +289,8 @@ class DGCSPNImputer(OneToOneFeatureMixin, TransformerMixin, GenerativeDGCSPN):
             rng = check_random_state(self.random_state)
             # Each network is a clone given the validated images, so they all see the
             # same image shape (and need no missing_values placeholder).
-            self.estimators_ = [
-                clone(self).set_params(n_networks=1, missing_values=np.nan, add_indicator=False,
-                                       image_shape=self.image_shape_, random_state=int(seed))
-                for seed in rng.randint(0, 2**31 - 1, size=self.n_networks)]
+            self.estimators_ = [clone(self).set_params(**self._network_parameters(int(seed)))
+                                for seed in rng.randint(0, 2**31 - 1, size=self.n_networks)]
             for estimator in self.estimators_:
                 estimator._check_data = False  # checked above, once
         for i, estimator in enumerate(self.estimators_):
