@@ -278,6 +278,21 @@ def test_partial_fit_stream(digits_split):
     assert np.isfinite(est.score(X))
 
 
+@pytest.mark.parametrize("Estimator", [DGCSPNDensityEstimator, DGCSPNImputer])
+def test_a_small_first_partial_fit_batch_warns(digits_split, Estimator):
+    """The first batch fixes the leaf components and the scaling for the whole stream: a
+    1-row start ruined the model silently. 10 rows per component is the floor."""
+    X = digits_split[0][:200]
+    est = Estimator(sum_channels=4, n_components=2, random_state=0)
+    with pytest.warns(UserWarning, match="first batch has 19 rows.*at least 20"):
+        est.partial_fit(X[:19])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # later batches, a large first batch, fit: quiet
+        est.partial_fit(X[19:22])
+        Estimator(sum_channels=4, n_components=2, random_state=0).partial_fit(X[:20])
+        Estimator(max_epochs=1, sum_channels=4, n_components=2, random_state=0).fit(X[:5])
+
+
 def test_image_arrays_accepted(digits_split):
     X = digits_split[0][:100]
     est = DGCSPNDensityEstimator(max_epochs=1, sum_channels=4, random_state=0)
