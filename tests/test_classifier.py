@@ -23,6 +23,19 @@ def fitted(digits):
     return DGCSPNClassifier(max_epochs=20, random_state=0).fit(X_train, y_train)
 
 
+def test_leaves_start_as_the_paper_s(digits):
+    """Normal leaves start with unit scale (the paper's variance 1, which learned faster
+    than 0.5 on MNIST) and means equidistant per pixel over ``leaf_range_``."""
+    X_train, _, y_train, _ = digits
+    clf = DGCSPNClassifier(max_epochs=1, learning_rate=1e-9, n_components=5, sum_channels=4,
+                           random_state=0).fit(X_train, y_train)
+    leaf = clf._network.leaf
+    np.testing.assert_allclose(leaf.scale.numpy(), 1.0, atol=1e-4)
+    low, high = clf.leaf_range_
+    np.testing.assert_allclose(leaf.loc.numpy().reshape(64, 5),
+                               np.broadcast_to(np.linspace(low, high, 5), (64, 5)), atol=1e-4)
+
+
 def test_digits_accuracy(fitted, digits):
     _, X_test, _, y_test = digits
     assert fitted.score(X_test, y_test) >= 0.95
@@ -116,8 +129,8 @@ def test_early_stopping_stops_and_keeps_the_best_epoch(digits, monkeypatch):
 
     monkeypatch.setattr(DGCSPNClassifier, "_epoch", epoch_then_ruin)
     clf = DGCSPNClassifier(max_epochs=30, early_stopping=True, n_iter_no_change=2,
-                           sum_channels=8, n_components=8, random_state=0)
-    clf.fit(X_train[:300], y_train[:300])
+                           sum_channels=16, n_components=8, random_state=0)
+    clf.fit(X_train, y_train)
     assert clf.n_iter_ == 3 and len(after_epoch) == 3
     val = clf.history_["validation_accuracy"]
     assert val[0] > max(val[1:])
