@@ -325,6 +325,7 @@ def test_rgb_images():
     assert np.allclose(est.score_samples(np.full((1, 4, 4, 3), np.nan)), 0.0, atol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore:partial_fit's first batch")  # a 10-row stream, on purpose
 def test_imputer_missing_values_placeholder(digits_split):
     X_train, X_test = digits_split[0][:300], digits_split[1][:10]
     X = X_test.copy()
