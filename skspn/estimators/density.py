@@ -189,7 +189,7 @@ class GenerativeDGCSPN(BaseDGCSPN):
         if n_rows < needed:
             warnings.warn(
                 f"partial_fit's first batch has {n_rows} rows: it fixes the leaf components "
-                "and the standardisation statistics for the whole stream, and so few rows "
+                "(and any standardisation statistics) for the whole stream, and so few rows "
                 f"estimate them poorly; start the stream with a large representative batch "
                 f"(at least {needed}, 10 per leaf component) or call fit",
                 UserWarning, stacklevel=_caller_stacklevel())
