@@ -377,7 +377,8 @@ def write_markdown(results, meta, path):
                  f"{' with uncommitted changes in skspn/' if meta.get('git_dirty_skspn') else ''}. "
                  "Median of repeated steps after compilation; peak memory is the process's "
                  "max RSS (TensorFlow runtime included). 1-min load average during the run: "
-                 f"{meta.get('loadavg_range', '?')} (other jobs shared the CPUs).")
+                 f"{meta.get('loadavg_range', '?')} (above about 1 another job shared the "
+                 "CPUs).")
     lines.append("")
     lines.append("`adam` is the discriminative step (CE, dropout 0.2/0.2) on the classifier "
                  "and the generative gradient step (NLL, no dropout) on the inpainting nets. "
@@ -414,23 +415,41 @@ def write_markdown(results, meta, path):
                          f"{cells[0][1]} / {cells[1][1]} | {cells[0][2]} / {cells[1][2]} |")
         lines.append("")
     if "libspn-keras" in libs:
-        lines.append("## skspn / libspn-keras (best jit setting of each)")
+        ran = {lib: " and ".join(f"jit {'on' if jit else 'off'}" for jit in (False, True)
+                                 if any(r["library"] == lib and r["jit_compile"] == jit
+                                        for r in results)) for lib in libs}
+        lines.append("## skspn / libspn-keras (best jit setting each side ran: skspn "
+                     f"{ran['skspn']}, libspn-keras {ran['libspn-keras']})")
         lines.append("")
-        lines.append("| arch | op | batch | skspn img/s | libspn-keras img/s | ratio |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append(
+            "skspn normalises the sum weights once per query (`forward`, `impute`), "
+            "libspn-keras in every call: the skspn column leaves that out, as for a query "
+            "of many batches; the last two columns add one normalisation to every skspn "
+            "batch, as for a query of one batch (`normalise_weights_s`, measured with the "
+            "copy to numpy, so slightly high).")
+        lines.append("")
+        lines.append("| arch | op | batch | skspn img/s | libspn-keras img/s | ratio | "
+                     "skspn img/s, normalised per batch | ratio so |")
+        lines.append("|---|---|---|---|---|---|---|---|")
         for (lib, arch, op, batch), by_jit in sorted(table.items(), key=lambda kv: (
                 list(ARCHS).index(kv[0][1]) if kv[0][1] in ARCHS else 99, OPS.index(kv[0][2]),
                 kv[0][3])):
             if lib != "skspn":
                 continue
             peer = table.get(("libspn-keras", arch, op, batch), {})
-            s = max((r["images_per_s"] for r in by_jit.values() if r.get("status") == "ok"),
-                    default=None)
+            best = max((r for r in by_jit.values() if r.get("status") == "ok"),
+                       key=lambda r: r["images_per_s"], default=None)
+            s = best and best["images_per_s"]
             p = max((r["images_per_s"] for r in peer.values() if r.get("status") == "ok"),
                     default=None)
             ratio = f"{s / p:.2f}x" if s and p else "-"
+            per_batch, ratio_per_batch = "-", "-"
+            if best and "normalise_weights_s" in best:
+                with_norm = batch / (batch / s + best["normalise_weights_s"])
+                per_batch = f"{with_norm:.1f}"
+                ratio_per_batch = f"{with_norm / p:.2f}x" if p else "-"
             lines.append(f"| {arch} | {op} | {batch} | {s and f'{s:.1f}'} | "
-                         f"{p and f'{p:.1f}'} | {ratio} |")
+                         f"{p and f'{p:.1f}'} | {ratio} | {per_batch} | {ratio_per_batch} |")
         lines.append("")
     errors = [(r["library"], r["arch"], r["op"], r["jit_compile"],
                row.get("error") or row.get("reason"))

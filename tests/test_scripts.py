@@ -105,3 +105,34 @@ def test_inpainting_ablation_resume_reuses_only_rows_fitted_on_the_same_images(m
     assert fits == [20, 30]
     run(20, 1, previous=first)  # other seed: refitted
     assert fits == [20, 30, 20]
+
+
+def test_throughput_ratios_also_count_the_weight_normalisation(tmp_path):
+    """skspn's forward / impute rows leave out the once-per-query weight normalisation that
+    libspn-keras pays in every call: the table also gives the ratio with it added to every
+    batch, and says which jit settings each side ran."""
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import throughput
+    finally:
+        sys.path.pop(0)
+
+    def record(library, op, jit, images_per_s, **extra):
+        row = dict(batch=64, status="ok", images_per_s=images_per_s, compile_s=1.0,
+                   peak_rss_mib=1.0, **extra)
+        return dict(library=library, arch="mnist_inpainting", op=op, jit_compile=jit,
+                    rows=[row], error=None)
+
+    results = [record("skspn", "forward", False, 1600.0, normalise_weights_s=0.02),
+               record("skspn", "forward", True, 800.0, normalise_weights_s=0.02),
+               record("skspn", "hard_em", False, 600.0),
+               record("libspn-keras", "forward", False, 400.0),
+               record("libspn-keras", "hard_em", False, 200.0)]
+    meta = dict(date="d", machine="m", cpus=2, devices=["CPU"], tf_version="t", mode="quick")
+    path = tmp_path / "t.md"
+    throughput.write_markdown(results, meta, path)
+    text = path.read_text()
+    assert "skspn jit off and jit on, libspn-keras jit off" in text
+    # 64 images in 64 / 1600 + 0.02 s = 0.06 s: 1066.7 images/s, 2.67x against 400
+    assert "| mnist_inpainting | forward | 64 | 1600.0 | 400.0 | 4.00x | 1066.7 | 2.67x |" in text
+    assert "| mnist_inpainting | hard_em | 64 | 600.0 | 200.0 | 3.00x | - | - |" in text
