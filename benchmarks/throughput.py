@@ -45,6 +45,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,9 +59,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 PEER_VENV = HERE / ".peer-venv"
-PEER_PACKAGES = ["tensorflow-cpu==2.21.0", "tf-keras==2.21.0", "tensorflow-probability==0.25.0",
-                 "plotly", "colorlover"]
-PEER_NODEPS = ["libspn-keras==0.6.0"]  # its pins (tensorflow<2.?) would drag in old TF
+PEER_PACKAGES = ["tensorflow-cpu==2.21.0", "tensorflow-probability==0.25.0", "plotly",
+                 "colorlover"]
+# libspn-keras's pins (tensorflow<2.?) would drag in an old TensorFlow; tf-keras requires
+# the package `tensorflow` (its only dependency), which pip would install over
+# tensorflow-cpu: the peer then ran TensorFlow's CUDA build, skspn the CPU build.
+PEER_NODEPS = ["tf-keras==2.21.0", "libspn-keras==0.6.0"]
+_TF_BUILD = ("import tensorflow as tf; "
+             "print(bool(tf.sysconfig.get_build_info().get('is_cuda_build')))")
 
 # ----------------------------------------------------------------------------- architectures
 # Plain data: both the skspn worker and the libspn-keras worker build from this table.
@@ -288,14 +294,19 @@ def run_subprocess(cmd, env=None, timeout=1800):
 def ensure_peer_venv(log):
     """Create benchmarks/.peer-venv with libspn-keras 0.6.0 (never a dependency of skspn)."""
     py = PEER_VENV / "bin" / "python"
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     if py.exists():
         check = subprocess.run([str(py), "-c",
-                                "import libspn_keras, tf_keras, tensorflow_probability"],
-                               capture_output=True, text=True,
-                               env={**os.environ, "TF_USE_LEGACY_KERAS": "1",
-                                    "TF_CPP_MIN_LOG_LEVEL": "3"})
-        if check.returncode == 0:
+                                "import libspn_keras, tf_keras, tensorflow_probability; "
+                                + _TF_BUILD], capture_output=True, text=True, env=env)
+        ours = subprocess.run([sys.executable, "-c", _TF_BUILD], capture_output=True,
+                              text=True, env=env)
+        if check.returncode == 0 and check.stdout.split()[-1:] == ours.stdout.split()[-1:]:
             return py
+        if check.returncode == 0:  # both sides must run the same kind of TensorFlow build
+            log(f"{PEER_VENV} runs another TensorFlow build (CUDA build: "
+                f"{check.stdout.split()[-1]}) than skspn's; recreating it")
+            shutil.rmtree(PEER_VENV)
     log(f"creating {PEER_VENV} (python -m venv; "
         f"pip install {' '.join(PEER_PACKAGES + PEER_NODEPS)})")
     subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
@@ -377,8 +388,7 @@ def write_markdown(results, meta, path):
                  f"{' with uncommitted changes in skspn/' if meta.get('git_dirty_skspn') else ''}. "
                  "Median of repeated steps after compilation; peak memory is the process's "
                  "max RSS (TensorFlow runtime included). 1-min load average during the run: "
-                 f"{meta.get('loadavg_range', '?')} (above about 1 another job shared the "
-                 "CPUs).")
+                 f"{meta.get('loadavg_range', '?')} (the run's own processes included).")
     lines.append("")
     lines.append("`adam` is the discriminative step (CE, dropout 0.2/0.2) on the classifier "
                  "and the generative gradient step (NLL, no dropout) on the inpainting nets. "

@@ -136,3 +136,46 @@ def test_throughput_ratios_also_count_the_weight_normalisation(tmp_path):
     # 64 images in 64 / 1600 + 0.02 s = 0.06 s: 1066.7 images/s, 2.67x against 400
     assert "| mnist_inpainting | forward | 64 | 1600.0 | 400.0 | 4.00x | 1066.7 | 2.67x |" in text
     assert "| mnist_inpainting | hard_em | 64 | 600.0 | 200.0 | 3.00x | - | - |" in text
+
+
+@pytest.mark.parametrize("peer_build, rebuilt", [("True", True), ("False", False)])
+def test_throughput_peer_environment_runs_skspn_s_tensorflow_build(
+        tmp_path, monkeypatch, peer_build, rebuilt):
+    """A peer environment whose TensorFlow build (CUDA or CPU) differs from skspn's is
+    recreated, with tf-keras installed without its dependencies (it requires the package
+    `tensorflow`, which pip would put over tensorflow-cpu)."""
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import throughput
+    finally:
+        sys.path.pop(0)
+    venv = tmp_path / "peer"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("")
+    calls = []
+
+    class Done:
+        returncode = 0
+
+        def __init__(self, stdout):
+            self.stdout = stdout
+
+    def run(cmd, **kwargs):
+        calls.append(cmd)
+        if cmd[0] == sys.executable and cmd[1] == "-c":
+            return Done("False\n")  # skspn's side: the CPU build
+        if cmd[1] == "-c":
+            return Done(peer_build + "\n")
+        if cmd[1:3] == ["-m", "venv"]:
+            (venv / "bin").mkdir(parents=True, exist_ok=True)
+        return Done("")
+
+    monkeypatch.setattr(throughput, "PEER_VENV", venv)
+    monkeypatch.setattr(throughput.subprocess, "run", run)
+    throughput.ensure_peer_venv(lambda message: None)
+    installs = [c for c in calls if c[1:4] == ["-m", "pip", "install"]]
+    assert bool(installs) == rebuilt
+    if rebuilt:
+        nodeps = [c for c in installs if "--no-deps" in c]
+        assert len(nodeps) == 1 and "tf-keras==2.21.0" in nodeps[0]
+        assert not any("tf-keras==2.21.0" in c for c in installs if "--no-deps" not in c)
