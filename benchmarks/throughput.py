@@ -299,11 +299,11 @@ def ensure_peer_venv(log):
         check = subprocess.run([str(py), "-c",
                                 "import libspn_keras, tf_keras, tensorflow_probability; "
                                 + _TF_BUILD], capture_output=True, text=True, env=env)
-        ours = subprocess.run([sys.executable, "-c", _TF_BUILD], capture_output=True,
-                              text=True, env=env)
-        if check.returncode == 0 and check.stdout.split()[-1:] == ours.stdout.split()[-1:]:
-            return py
         if check.returncode == 0:  # both sides must run the same kind of TensorFlow build
+            ours = subprocess.run([sys.executable, "-c", _TF_BUILD], capture_output=True,
+                                  text=True, env=env)
+            if check.stdout.split()[-1:] == ours.stdout.split()[-1:]:
+                return py
             log(f"{PEER_VENV} runs another TensorFlow build (CUDA build: "
                 f"{check.stdout.split()[-1]}) than skspn's; recreating it")
             shutil.rmtree(PEER_VENV)
@@ -378,6 +378,12 @@ def best_rows(results):
     return table
 
 
+def fastest_row(by_jit):
+    """The successful row of ``{jit: row}`` with the most images per second, or None."""
+    return max((r for r in by_jit.values() if r.get("status") == "ok"),
+               key=lambda r: r["images_per_s"], default=None)
+
+
 def write_markdown(results, meta, path):
     table = best_rows(results)
     lines = ["# Throughput (images / second)", ""]
@@ -447,11 +453,9 @@ def write_markdown(results, meta, path):
             if lib != "skspn":
                 continue
             peer = table.get(("libspn-keras", arch, op, batch), {})
-            best = max((r for r in by_jit.values() if r.get("status") == "ok"),
-                       key=lambda r: r["images_per_s"], default=None)
+            best, peer_best = fastest_row(by_jit), fastest_row(peer)
             s = best and best["images_per_s"]
-            p = max((r["images_per_s"] for r in peer.values() if r.get("status") == "ok"),
-                    default=None)
+            p = peer_best and peer_best["images_per_s"]
             ratio = f"{s / p:.2f}x" if s and p else "-"
             per_batch, ratio_per_batch = "-", "-"
             if best and "normalise_weights_s" in best:
@@ -662,10 +666,8 @@ def main(argv=None):
                 if lib != "skspn":
                     continue
                 peer = table.get(("libspn-keras", arch, op, batch), {})
-                s = max((r["images_per_s"] for r in by_jit.values() if r.get("status") == "ok"),
-                        default=None)
-                q = max((r["images_per_s"] for r in peer.values() if r.get("status") == "ok"),
-                        default=None)
+                best, peer_best = fastest_row(by_jit), fastest_row(peer)
+                s, q = best and best["images_per_s"], peer_best and peer_best["images_per_s"]
                 print(f"  {arch:20s} {op:8s} b{batch:<4d} "
                       + (f"{s / q:6.2f}x  ({s:.1f} vs {q:.1f} img/s)" if s and q else "n/a"))
     if args.scaling:

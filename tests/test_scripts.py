@@ -1,5 +1,6 @@
 """The example and benchmark scripts refuse bad arguments before doing any work."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -46,13 +47,13 @@ def test_classification_benchmark_checks_arguments_first(args, message, tmp_path
     assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
 
 
-def _inpainting_module():
+def _benchmark_module(name):
+    """Import ``benchmarks/<name>.py`` (a script, not a package module)."""
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     try:
-        import inpainting
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    return inpainting
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # tol=0: by design
@@ -60,7 +61,7 @@ def test_inpainting_iterative_baseline_runs_its_rounds():
     """Fitted on complete images, IterativeImputer's default stopping rule ends after one
     round (nothing changes), and transform then runs one round: the baseline labelled
     max_iter=3 must run three."""
-    inpainting = _inpainting_module()
+    inpainting = _benchmark_module("inpainting")
     rng = np.random.default_rng(0)
     X_train = rng.normal(size=(60, 16)) @ rng.normal(size=(16, 16))
     baselines = inpainting.make_baselines(iterative_max_iter=3, n_nearest=5)
@@ -73,7 +74,7 @@ def test_inpainting_iterative_baseline_runs_its_rounds():
 def test_inpainting_ablation_resume_reuses_only_rows_fitted_on_the_same_images(monkeypatch):
     """``--resume`` reuses a stored row only if it saw the same training / test images (the
     same n_train, n_test and seed), not just the same label and parameters."""
-    inpainting = _inpainting_module()
+    inpainting = _benchmark_module("inpainting")
     fits = []
 
     class Fitted:
@@ -111,11 +112,7 @@ def test_throughput_ratios_also_count_the_weight_normalisation(tmp_path):
     """skspn's forward / impute rows leave out the once-per-query weight normalisation that
     libspn-keras pays in every call: the table also gives the ratio with it added to every
     batch, and says which jit settings each side ran."""
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-    try:
-        import throughput
-    finally:
-        sys.path.pop(0)
+    throughput = _benchmark_module("throughput")
 
     def record(library, op, jit, images_per_s, **extra):
         row = dict(batch=64, status="ok", images_per_s=images_per_s, compile_s=1.0,
@@ -144,11 +141,7 @@ def test_throughput_peer_environment_runs_skspn_s_tensorflow_build(
     """A peer environment whose TensorFlow build (CUDA or CPU) differs from skspn's is
     recreated, with tf-keras installed without its dependencies (it requires the package
     `tensorflow`, which pip would put over tensorflow-cpu)."""
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-    try:
-        import throughput
-    finally:
-        sys.path.pop(0)
+    throughput = _benchmark_module("throughput")
     venv = tmp_path / "peer"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").write_text("")
