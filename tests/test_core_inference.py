@@ -1105,6 +1105,33 @@ def test_fused_product_sum_equals_separate_layers(case, monkeypatch):
             np.testing.assert_array_equal(value, separate[key], err_msg=key)
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_factored_sum_equals_sum_of_all_combinations(shared):
+    """A sum over a one-hot product of all combinations, taken in two factors
+    (``factored_matmul`` / ``factored_soft_route``), gives the value, the signal of each
+    factor's log-values and the expected counts of the sum over the written-out product
+    ``p[r * A + a] = q[r] * e[a]``."""
+    from skspn.core.sums import factored_matmul, factored_soft_route, soft_route
+
+    rng = np.random.default_rng(40)
+    n, b, r, a, c_out = 6, 5, 8, 3, 4
+    q = tf.constant(rng.uniform(0.05, 1.0, (n, b, r)), tf.float32)
+    e = tf.constant(rng.uniform(0.05, 1.0, (n, b, a)), tf.float32)
+    w = tf.constant(rng.dirichlet(np.ones(r * a), size=(1 if shared else n, c_out))
+                    .transpose(0, 2, 1), tf.float32)
+    g = tf.constant(rng.normal(size=(n, b, c_out)), tf.float32)
+    p = tf.reshape(q[..., :, None] * e[..., None, :], [n, b, r * a])
+    s_full = tf.matmul(p, tf.broadcast_to(w, [n, r * a, c_out]))
+    s, t = factored_matmul(q, e, w)
+    np.testing.assert_allclose(s.numpy(), s_full.numpy(), rtol=1e-5)
+    dp, dlw_full = soft_route(p, w, s_full, g)
+    dq, de, dlw = factored_soft_route(q, e, t, w, s, g)
+    dp = tf.reshape(dp, [n, b, r, a]).numpy()
+    np.testing.assert_allclose(dq.numpy(), dp.sum(axis=3), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(de.numpy(), dp.sum(axis=2), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(dlw.numpy(), dlw_full.numpy(), rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("case, fuse, jit", [
     ("2x3-onehot-maxdepth", True, False),
     ("2x3-onehot-maxdepth-extreme-weights", True, True),

@@ -15,7 +15,10 @@ as the digits of the chosen channel, without a one-hot tensor over all combinati
 
 The 256-channel product of the MNIST inpainting net and its max-scaled exponentials took
 108 ms as log-values (broadcast add, max, exp) and 35 ms as a product of exponentials
-(batch 128, CPU); see benchmarks/README.md for whole-network figures.
+(batch 128, CPU). Where it pays, the sum takes such a product in two factors instead
+(``sums.factored_matmul``: the product over all children but the last, and the last
+child), and ``p`` is not written at all; see benchmarks/README.md for whole-network
+figures.
 
 The sum's output leaves the op as ``ScaledValues`` (``s = p @ w`` and ``m``), not as
 log-values: a fused layer above multiplies the ``s`` of its children, and the logs are
@@ -29,8 +32,9 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from .sums import (_stable_max, _weighted_scores, choose, routing_keys, scaled_matmul,
-                   soft_route, unweighted_choice_by_child)
+from .sums import (_stable_max, _weighted_scores, choose, factored_matmul,
+                   factored_soft_route, routing_keys, scaled_matmul, soft_route,
+                   unweighted_choice_by_child)
 
 
 class ScaledValues(NamedTuple):
@@ -122,13 +126,28 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
         tf.reduce_min(log_w, axis=1) if log_w_min is None else log_w_min)
     log_floor = tf.reshape(log_floor, [1, 1, 1, c_out] if shared else [h_out, w_out, 1, c_out])
     given_w = w
+    # A one-hot product of all combinations reaches the sum as two factors
+    # (sums.factored_matmul), so its C ** n channels are never written for the value, the
+    # soft backward pass (factored_soft_route) or unweighted choices (made child by
+    # child); the weighted and sampled choices compare them and form them in their
+    # backward pass.
+    factored = not scaled_input and routing != "max" and _factoring_pays(product, c_out)
 
-    def layer(inputs, log_w):
+    def products(inputs):
         if scaled_input:
             p, m = product.scaled_from(*inputs, x.log_floor)
         else:
             p, m = product.scaled(*inputs)
-        p = tf.reshape(p, [n_cells, batch, c_in])
+        return tf.reshape(p, [n_cells, batch, c_in]), m
+
+    def layer(inputs, log_w):
+        if factored:
+            q, e, m = product.factored_scaled(*inputs)
+            q = tf.reshape(q, [n_cells, batch, c_in // product.in_channels])
+            e = tf.reshape(e, [n_cells, batch, product.in_channels])
+            p = None
+        else:
+            p, m = products(inputs)
         m = tf.reshape(m, [n_cells, batch, 1])
         lw = tf.broadcast_to(log_w, [n_cells, c_in, c_out])
         w = tf.exp(log_w) if given_w is None else given_w
@@ -138,12 +157,22 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
             top = _stable_max(out, -1)
             s_out, m_out = tf.exp(out - top), m + top
         else:
-            s = s_out = scaled_matmul(p, w)
-            m_out = m
+            if factored:
+                s, t = factored_matmul(q, e, w)
+            else:
+                s = scaled_matmul(p, w)
+            s_out, m_out = s, m
 
         def grad(g_s, g_m=None):
             del g_m  # unused: the ScaledValues gradient convention
             g = tf.reshape(g_s, [n_cells, batch, c_out])
+            if factored and routing in ("gradient", "soft"):
+                dq, de, dlw = factored_soft_route(q, e, t, w, s, g)
+                h_out, w_out = product.out_shape
+                dx = product.factored_backward(
+                    tf.reshape(dq, [h_out, w_out, batch, c_in // product.in_channels]),
+                    tf.reshape(de, [h_out, w_out, batch, product.in_channels]))
+                return dx, tf.reduce_sum(dlw, axis=0, keepdims=True) if shared else dlw
             backward = _backward
             # Hard choices (max, compare, select, argmax, one-hot, shifted windows) fuse
             # well under XLA; the soft pass is mostly batched matmuls, which XLA ran slower.
@@ -157,7 +186,10 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
             x_in = None
             if routing == "hard_unweighted" and product.combinations() is not None:
                 x_in = tf.math.log(inputs[0]) if scaled_input else inputs[0]
-            dx, dlw = backward(product, routing, p, w, s, lw, g, keys, x_in)
+            p_in = p
+            if p_in is None and x_in is None:  # factored forward: hard choices compare p
+                p_in = products(inputs)[0]
+            dx, dlw = backward(product, routing, p_in, w, s, lw, g, keys, x_in)
             if shared:
                 dlw = tf.reduce_sum(dlw, axis=0, keepdims=True)
             if scaled_input:  # the signal of the log-values goes to s (convention above)
@@ -176,12 +208,26 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
     return ScaledValues(s_out, m_out, log_floor)
 
 
+def _factoring_pays(product, c_out):
+    """Whether the sum after ``product`` takes it in two factors (``sums.factored_matmul``):
+    for a one-hot product of all combinations of ``n`` children with ``C`` channels when
+    the two factors, ``C ** (n - 1) + C * C_out`` values per cell and sample, are fewer
+    than its ``C ** n`` channels (2x2 kernels over 4 components with 16 sums: 128
+    against 256; a 1 x 2 kernel: 68 against 16)."""
+    combinations = product.combinations()
+    if combinations is None:
+        return False
+    c, n = combinations
+    return c ** (n - 1) + c * c_out < c ** n
+
+
 def _backward(product, routing, p, w, s, lw, g, keys, x_in=None):
     """Signal at the product's input and counts of the sum, for ``g`` ``[N, B, C_out]``;
     ``x_in``: the product's input log-values (up to a constant per input cell), for
-    unweighted choices over a one-hot product of all combinations."""
-    n_cells, batch, c_in = tf.unstack(tf.shape(p))
-    c_out = tf.shape(g)[2]
+    unweighted choices over a one-hot product of all combinations (``p`` is then unused
+    and may be None)."""
+    n_cells, batch, c_out = tf.unstack(tf.shape(g))
+    c_in = product.out_channels
     if routing in ("gradient", "soft"):
         dx, dlw = soft_route(p, w, s, g)
         h_out, w_out = product.out_shape

@@ -171,6 +171,7 @@ class Product(tf.Module):
                 self.channel_index = tf.constant(self._subset_digits)
         # Compiled variants for large layers (compiles_layer).
         self._scaled_fn = tf.function(self._scaled_impl, jit_compile=True, autograph=False)
+        self._factored_fn = tf.function(self._factored_impl, jit_compile=True, autograph=False)
         self._scaled_linear_fn = tf.function(self._scaled_linear_impl, jit_compile=True,
                                              autograph=False)
         self._scaled_log_fn = tf.function(self._scaled_log_impl, jit_compile=True,
@@ -180,6 +181,8 @@ class Product(tf.Module):
         self._forward_multiplied_fn = tf.function(self._forward_multiplied, jit_compile=True,
                                                   autograph=False)
         self._backward_fn = tf.function(self._backward, jit_compile=True, autograph=False)
+        self._factored_backward_fn = tf.function(self._factored_backward, jit_compile=True,
+                                                 autograph=False)
 
     def _distinct_digit_rows(self, rng, n_children, count):
         """``count`` distinct combinations ``[count, n_children]``, drawn digit by digit
@@ -198,11 +201,12 @@ class Product(tf.Module):
             return self.in_channels, len(self.offsets)
         return None
 
-    def combination_digits(self, codes):
+    def combination_digits(self, codes, n_children=None):
         """Each child's channel in the combinations ``codes`` (numpy or TensorFlow integers):
         their mixed-radix digits in base ``in_channels``, first child most significant, one
-        array per child (the order of ``offsets``)."""
-        n, radix = len(self.offsets), self.in_channels
+        array per child (the order of ``offsets``; of the first ``n_children`` children,
+        for combinations of those only)."""
+        n, radix = n_children or len(self.offsets), self.in_channels
         return [(codes // radix ** (n - 1 - i)) % radix for i in range(n)]
 
     def _children(self, x, pad_value=0.0):
@@ -298,17 +302,40 @@ class Product(tf.Module):
             out = self._forward(x)
             m = _stable_max(out, -1)
             return tf.exp(out - m), m
+        children, m = self._scaled_children(x)
+        return self._outer_product(children), m
+
+    def factored_scaled(self, x):
+        """``scaled`` of a one-hot product of all combinations in two factors, ``(q, e, m)``.
+
+        ``p[..., r * C_in + a] = q[..., r] * e[..., a]``: ``q`` ``[H_out, W_out, B,
+        C_in ** (n - 1)]`` is the product over all children but the last (their
+        combinations, first child most significant), ``e`` ``[H_out, W_out, B, C_in]`` the
+        last child's max-scaled exponentials. A sum after the product can contract ``q``
+        with its weights first (``sums.factored_matmul``), so the ``C_in ** n`` channels
+        of ``p`` are never written. Only when ``combinations()`` is not None.
+        """
+        return self._factored_fn(x) if self.compile_large else self._factored_impl(x)
+
+    def _factored_impl(self, x):
+        children, m = self._scaled_children(x)
+        return self._outer_product(children[:-1]), children[-1], m
+
+    def _scaled_children(self, x):
+        """Each child's max-scaled exponentials (padding: 1) and the sum of their maxima."""
         m = _stable_max(x, -1)
-        e = tf.exp(x - m)
-        n = len(self.offsets)
+        return self._children(tf.exp(x - m), pad_value=1.0), tf.add_n(self._children(m))
+
+    def _outer_product(self, children):
+        """All combinations of one channel per child, first child most significant."""
+        n = len(children)
         p = None
-        for i, c in enumerate(self._children(e, pad_value=1.0)):
+        for i, c in enumerate(children):
             shape = [1] * n
             shape[i] = self.in_channels
             term = tf.reshape(c, tf.concat([tf.shape(c)[:3], shape], 0))
             p = term if p is None else p * term
-        p = tf.reshape(p, tf.concat([tf.shape(p)[:3], [self.out_channels]], 0))
-        return p, tf.add_n(self._children(m))
+        return tf.reshape(p, tf.concat([tf.shape(p)[:3], [self.in_channels ** n]], 0))
 
     def scaled_from(self, s, m, log_floor):
         """``scaled`` of the input given as ``log(s) + m`` (the output of a fused layer
@@ -475,17 +502,19 @@ class Product(tf.Module):
         grads = tf.reshape(grads, tf.concat([tf.shape(g)[:3], [n * c_in]], 0))
         return [grads[..., i * c_in:(i + 1) * c_in] for i in range(n)]
 
-    def _digit_matrix(self, dtype):
+    def _digit_matrix(self, dtype, n_children=None):
         """``[C_out, n * C_in]``: 1 where output channel c takes channel a of child i
-        (column ``i * C_in + a``)."""
-        n, c_in = len(self.offsets), self.in_channels
-        if self.channel_index is not None:
+        (column ``i * C_in + a``). ``n_children``: for all combinations of the first
+        ``n_children`` children instead (``[C_in ** n_children, n_children * C_in]``)."""
+        n, c_in = n_children or len(self.offsets), self.in_channels
+        if self.channel_index is not None and n_children is None:
             digits = self._subset_digits  # [n, C_out]
         else:  # all combinations
-            digits = self.combination_digits(np.arange(self.out_channels))
-        matrix = np.zeros((self.out_channels, n * c_in), dtype.as_numpy_dtype)
+            digits = self.combination_digits(np.arange(c_in ** n), n)
+        rows = len(digits[0])
+        matrix = np.zeros((rows, n * c_in), dtype.as_numpy_dtype)
         for i in range(n):
-            matrix[np.arange(self.out_channels), i * c_in + digits[i]] = 1
+            matrix[np.arange(rows), i * c_in + digits[i]] = 1
         return tf.constant(matrix)
 
     @staticmethod
@@ -508,6 +537,19 @@ class Product(tf.Module):
 
     def _backward(self, g):
         return self.transpose(self._channel_grads(g))
+
+    def factored_backward(self, dq, de):
+        """``backward`` of a product taken as ``factored_scaled``'s factors, from the signals
+        of their log-values: ``dq`` ``[H_out, W_out, B, C_in ** (n - 1)]`` (all children
+        but the last) and ``de`` ``[H_out, W_out, B, C_in]`` (the last child's own)."""
+        fn = self._factored_backward_fn if self.compile_large else self._factored_backward
+        return fn(dq, de)
+
+    def _factored_backward(self, dq, de):
+        n, c_in = len(self.offsets) - 1, self.in_channels
+        grads = tf.matmul(tf.reshape(dq, [-1, c_in ** n]), self._digit_matrix(dq.dtype, n))
+        grads = tf.reshape(grads, tf.concat([tf.shape(dq)[:3], [n * c_in]], 0))
+        return self.transpose([grads[..., i * c_in:(i + 1) * c_in] for i in range(n)] + [de])
 
     def transpose(self, grads):
         """The signal at the input ``[H_in, W_in, B, C_in]`` from the signal reaching each
