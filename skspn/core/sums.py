@@ -148,9 +148,15 @@ def _random_argmax(z, keys):
     """
     is_max = z >= tf.reduce_max(z, axis=2, keepdims=True)
     shape = tf.shape(z)
-    priority = keyed_random.bits(keys, tf.stack([1, shape[1], shape[2]]), 1)
-    return tf.argmax(tf.where(is_max, priority, -tf.ones_like(priority)), axis=2,
-                     output_type=tf.int32)
+    n_channels = tf.cast(shape[2], tf.int64)
+    # The channel in the priority's low digits makes every priority distinct, so the
+    # largest among the tied channels is one plain max and the channel its remainder: an
+    # argmax (a reduction over value-index pairs) took 18 against 7.5 ms for
+    # [3481, 128, 16] (XLA; 58 against 43 ms for [841, 128, 256]; one-off).
+    priority = (keyed_random.bits(keys, tf.stack([1, shape[1], shape[2]]), 1) * n_channels
+                + tf.range(n_channels))
+    top = tf.reduce_max(tf.where(is_max, priority, -tf.ones_like(priority)), axis=2)
+    return tf.cast(top % n_channels, tf.int32)
 
 
 def _weighted_scores(x, log_w):
