@@ -337,6 +337,12 @@ def main_benchmark(args, log, save=None):
         arch = ARCHS[arch_name]
         arch_batches = [b for b in batches
                         if not (args.quick and arch_name.startswith("olivetti") and b > 128)]
+        if len(arch_batches) < len(batches):  # said, or a table of only those comes out empty
+            log(f"--quick leaves out {arch_name} at batch "
+                f"{', '.join(str(b) for b in batches if b not in arch_batches)} "
+                f"(run without --quick for it)")
+        if not arch_batches:
+            continue
         for op in ops:
             for jit in jits:
                 libs = ["skspn"] + (["libspn-keras"] if peer_py else [])

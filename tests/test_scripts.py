@@ -135,6 +135,25 @@ def test_throughput_ratios_also_count_the_weight_normalisation(tmp_path):
     assert "| mnist_inpainting | hard_em | 64 | 600.0 | 200.0 | 3.00x | - | - |" in text
 
 
+def test_throughput_quick_says_what_it_leaves_out(monkeypatch):
+    """``--quick`` runs the Olivetti net at batch 64 / 128 only: asked for batch 512 it
+    says so and starts no worker (it wrote empty tables without a word)."""
+    import argparse
+
+    throughput = _benchmark_module("throughput")
+    workers, said = [], []
+    monkeypatch.setattr(throughput, "run_subprocess",
+                        lambda cmd, env=None: workers.append(cmd) or ([], None, None, None, 0.0))
+    args = argparse.Namespace(quick=True, batches=[512], archs=["olivetti_inpainting"],
+                              ops=["forward"], jit="off", peer=False, max_step_seconds=60.0)
+    assert throughput.main_benchmark(args, said.append) == []
+    assert workers == []
+    assert any("--quick leaves out olivetti_inpainting at batch 512" in s for s in said)
+    args.batches = [128, 512]
+    throughput.main_benchmark(args, said.append)
+    assert len(workers) == 1
+
+
 @pytest.mark.parametrize("peer_build, rebuilt", [("True", True), ("False", False)])
 def test_throughput_peer_environment_runs_skspn_s_tensorflow_build(
         tmp_path, monkeypatch, peer_build, rebuilt):
