@@ -230,10 +230,15 @@ class DGCSPN(tf.Module):
                 n is not None and n != e for n, e in zip(shape[1:], expected))):
             raise ValueError(f"x must have shape [B, H, W, n_colors] = [B, "
                              f"{', '.join(map(str, expected))}], got {shape}")
-        if (int(np.prod(self.spatial_shape)) >= XLA_MIN_PIXELS
-                and not tracing_for_xla()):
+        if self._compiles_own_passes():
             return self._leaf_log_prob_fn(x, hidden)
         return self._leaf_log_prob(x, hidden)
+
+    def _compiles_own_passes(self):
+        """Whether the network's own elementwise passes (leaves, the top sum's routing) run
+        as small XLA-compiled functions: on images of at least ``XLA_MIN_PIXELS`` pixels, as
+        the products' layers, unless a step compiled as a whole is being traced."""
+        return int(np.prod(self.spatial_shape)) >= XLA_MIN_PIXELS and not tracing_for_xla()
 
     def _leaf_log_prob(self, x, hidden="marginal"):
         return self.leaf.log_prob(tf.transpose(x, [1, 2, 0, 3]), hidden)
@@ -317,10 +322,8 @@ class DGCSPN(tf.Module):
         n = len(self.sums)
         # The top sum is over every full-scope cell's channels (16384 on the MNIST
         # inpainting net): its hard routing runs compiled on large images (routed_sum).
-        compiled = (int(np.prod(self.spatial_shape)) >= XLA_MIN_PIXELS
-                    and not tracing_for_xla())
         top = routed_sum(x, log_weights[n], routing, layer_keys(500), linear_weights[n],
-                         compiled=compiled)
+                         compiled=self._compiles_own_passes())
         if self.class_prior is None:
             return top[0], top[0, :, 0]
         root = routed_sum(top, log_weights[n + 1], routing, layer_keys(501),

@@ -127,18 +127,12 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
     log_floor = tf.reshape(log_floor, [1, 1, 1, c_out] if shared else [h_out, w_out, 1, c_out])
     given_w = w
     # A one-hot product of all combinations reaches the sum as two factors
-    # (sums.factored_matmul), so its C ** n channels are never written for the value, the
-    # soft backward pass (factored_soft_route) or unweighted choices (made child by
-    # child); the weighted and sampled choices compare them and form them in their
-    # backward pass.
-    factored = not scaled_input and routing != "max" and _factoring_pays(product, c_out)
-
-    def products(inputs):
-        if scaled_input:
-            p, m = product.scaled_from(*inputs, x.log_floor)
-        else:
-            p, m = product.scaled(*inputs)
-        return tf.reshape(p, [n_cells, batch, c_in]), m
+    # (sums.factored_matmul), so its C ** n channels are never written, where no pass
+    # needs them: the value, the soft backward pass (factored_soft_route) and unweighted
+    # choices (made child by child). Max, weighted and sampled choices compare the
+    # channels, and form them once, in the forward pass.
+    factored = (not scaled_input and routing in ("gradient", "soft", "hard_unweighted")
+                and _factoring_pays(product, c_out))
 
     def layer(inputs, log_w):
         if factored:
@@ -146,8 +140,12 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
             q = tf.reshape(q, [n_cells, batch, c_in // product.in_channels])
             e = tf.reshape(e, [n_cells, batch, product.in_channels])
             p = None
+        elif scaled_input:
+            p, m = product.scaled_from(*inputs, x.log_floor)
         else:
-            p, m = products(inputs)
+            p, m = product.scaled(*inputs)
+        if p is not None:
+            p = tf.reshape(p, [n_cells, batch, c_in])
         m = tf.reshape(m, [n_cells, batch, 1])
         lw = tf.broadcast_to(log_w, [n_cells, c_in, c_out])
         w = tf.exp(log_w) if given_w is None else given_w
@@ -172,24 +170,22 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
                 dx = product.factored_backward(
                     tf.reshape(dq, [h_out, w_out, batch, c_in // product.in_channels]),
                     tf.reshape(de, [h_out, w_out, batch, product.in_channels]))
-                return dx, tf.reduce_sum(dlw, axis=0, keepdims=True) if shared else dlw
-            backward = _backward
-            # Hard choices (max, compare, select, argmax, one-hot, shifted windows) fuse
-            # well under XLA; the soft pass is mostly batched matmuls, which XLA ran slower.
-            if product.compile_large and routing not in ("gradient", "soft"):
-                backward = _COMPILED.get(product)
-                if backward is None:
-                    backward = _COMPILED[product] = tf.function(
-                        _backward, jit_compile=True, autograph=False)
-            # the product's input log-values, up to a constant per cell: for choices
-            # made child by child (sums.unweighted_choice_by_child)
-            x_in = None
-            if routing == "hard_unweighted" and product.combinations() is not None:
-                x_in = tf.math.log(inputs[0]) if scaled_input else inputs[0]
-            p_in = p
-            if p_in is None and x_in is None:  # factored forward: hard choices compare p
-                p_in = products(inputs)[0]
-            dx, dlw = backward(product, routing, p_in, w, s, lw, g, keys, x_in)
+            else:
+                backward = _backward
+                # Hard choices (max, compare, select, argmax, one-hot, shifted windows)
+                # fuse well under XLA; the soft pass is mostly batched matmuls, which XLA
+                # ran slower.
+                if product.compile_large and routing not in ("gradient", "soft"):
+                    backward = _COMPILED.get(product)
+                    if backward is None:
+                        backward = _COMPILED[product] = tf.function(
+                            _backward, jit_compile=True, autograph=False)
+                # the product's input log-values, up to a constant per cell: for choices
+                # made child by child (sums.unweighted_choice_by_child)
+                x_in = None
+                if routing == "hard_unweighted" and product.combinations() is not None:
+                    x_in = tf.math.log(inputs[0]) if scaled_input else inputs[0]
+                dx, dlw = backward(product, routing, p, w, s, lw, g, keys, x_in)
             if shared:
                 dlw = tf.reduce_sum(dlw, axis=0, keepdims=True)
             if scaled_input:  # the signal of the log-values goes to s (convention above)
