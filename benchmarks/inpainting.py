@@ -444,9 +444,11 @@ def markdown_main(result):
         for key, p in ds["paper_table1"].items():
             lines.append(f"| paper Table 1 (quoted), DGC-SPN {key} | (reference code) | "
                          f"{p['bottom']} | {p['left']} | |")
-        lines += [""] + ["Architectures: " + "; ".join(
-            f"**{a}** = {d}" for a, d in {m["architecture"]: m["description"]
-                                          for m in ds["models"]}.items()), ""] * bool(ds["models"])
+        lines.append("")
+        if ds["models"]:  # none with --baselines-only
+            lines += ["Architectures: " + "; ".join(
+                f"**{a}** = {d}" for a, d in {m["architecture"]: m["description"]
+                                              for m in ds["models"]}.items()), ""]
         if any(m["learning"].startswith(TUNED[0]) for m in ds["models"]):
             lines += [f"*{TUNED[0]}*: {TUNED[2]}", ""]
     return "\n".join(lines) + "\n"
