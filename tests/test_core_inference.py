@@ -1326,34 +1326,47 @@ def test_products_along_axes_equal_shifted_slices(kernel, dilations, padding, cr
         np.testing.assert_allclose(c, b, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("tiny_cells, multiplies", [
-    ([(3, 4)], True),  # one tiny child per output: at least 1e-12 * 0.1 ** 3
-    ([(3, 4), (3, 6), (5, 4), (5, 6)], False),  # four, one per offset: 1e-48 underflows
+@pytest.mark.parametrize("tiny, multiplies", [
+    # (cell, its channels of 1e-12): the others are at least 0.1
+    ([((3, 4), [0])], True),  # one tiny child per output: at least 1e-12 * 0.1 ** 3
+    # channel 0 of four children, one per offset: 1e-48 underflows
+    ([((3, 4), [0]), ((3, 6), [0]), ((5, 4), [0]), ((5, 6), [0])], False),
+    # all channels of four children: their maxima are divided out, nothing is small
+    ([((3, 4), [0, 1, 2]), ((3, 6), [0, 1, 2]), ((5, 4), [0, 1, 2]), ((5, 6), [0, 1, 2])],
+     True),
 ])
-def test_scaled_from_multiplies_only_where_the_product_cannot_underflow(tiny_cells,
-                                                                        multiplies):
-    """``Product.scaled_from`` multiplies the values ``s`` when the product of the
-    children's floors (lower bounds of ``log s`` per cell and channel) stays above
-    ``LINEAR_MIN_LOG`` everywhere, and takes the log-values otherwise: where the product of
-    four values of 1e-12 underflows, multiplying gives no finite answer."""
+def test_scaled_from_multiplies_only_where_the_product_cannot_underflow(tiny, multiplies):
+    """``Product.scaled_from`` multiplies the values ``s``, each child divided by its
+    maximum over the channels, when the product of the children's floors (lower bounds of
+    ``log(s / max(s))`` per cell and channel) stays above ``LINEAR_MIN_LOG`` everywhere,
+    and takes the log-values otherwise: where the product of four values of 1e-12
+    underflows, multiplying gives no finite answer."""
     from skspn.core import products
 
     product = one_layer_product(product_spec((2, 2), dilations=(2, 2), padding="full"), (8, 9))
     rng = np.random.default_rng(1)
     s = rng.uniform(0.1, 1.0, size=(8, 9, 2, 3))
-    for cell in tiny_cells:
-        s[cell] = 1e-12
-    floor = tf.constant(np.log(s.min(axis=2, keepdims=True)), tf.float32)
+    for cell, channels in tiny:
+        s[cell][..., channels] = 1e-12
+    # a lower bound of log(s / max(s)) per cell and channel
+    floor = np.log(s.min(axis=2, keepdims=True) / s.max(axis=(2, 3), keepdims=True))
+    floor = tf.constant(floor, tf.float32)
     s = tf.constant(s, tf.float32)
     m = tf.constant(rng.normal(size=(8, 9, 2, 1)), tf.float32)
     p_log, m_log = (t.numpy() for t in product._scaled_log_impl(s, m))
     p_lin, m_lin = (t.numpy() for t in product._scaled_linear_impl(s, m))
-    assert np.all(np.isfinite(p_lin)) == multiplies  # why the log-values are needed
-    # The layer's per-layer bound (n times its smallest value) would refuse both cases.
-    assert 4 * float(tf.reduce_min(floor)) < products.LINEAR_MIN_LOG
+    # A bound of one number per layer (n times its smallest value) would refuse the first
+    # case too, which the bound per cell and channel lets multiply.
+    per_layer_refuses = 4 * float(tf.reduce_min(floor)) < products.LINEAR_MIN_LOG
+    assert per_layer_refuses == (tiny[0][1] == [0])
+    assert bool(product.multiplies_scaled(floor)) == multiplies
     p, m_out = (t.numpy() for t in product.scaled_from(s, m, floor))
-    np.testing.assert_allclose(p, p_log, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(m_out, m_log, rtol=1e-5, atol=1e-5)
+    with np.errstate(divide="ignore"):  # log(0): an underflowed product, or p_log's
+        assert np.all(np.isfinite(np.log(p_lin))) == multiplies
+        log_values, log_values_ref = np.log(p) + m_out, np.log(p_log) + m_log
+    # the same log-values; the log path's p has maximum 1, the multiplied one at most 1
+    np.testing.assert_allclose(log_values, log_values_ref, rtol=1e-5, atol=1e-4)
+    assert np.all(p <= 1 + 1e-6) and np.allclose(p_log.max(axis=-1), 1)  # up to rounding
     taken = p_lin if multiplies else p_log
     np.testing.assert_array_equal(p, taken)  # the path taken, bit for bit
     # The same rule where the product's log-values are wanted (a last product, no sum).

@@ -51,10 +51,10 @@ class ScaledValues(NamedTuple):
     ``g / s`` and back would overflow where ``s`` is tiny.
     """
 
-    s: tf.Tensor  # [H, W, B, C], positive
+    s: tf.Tensor  # [H, W, B, C], positive (Product.scaled_from keeps it from underflowing)
     m: tf.Tensor  # [H, W, B, 1]
-    # [H, W, 1, C] or [1, 1, 1, C]: a lower bound of log(s) per cell and channel (see
-    # Product.scaled_from)
+    # [H, W, 1, C] or [1, 1, 1, C]: a lower bound of log(s / max(s)) per cell and channel,
+    # the maximum over the channels of each cell and sample (see Product.scaled_from)
     log_floor: tf.Tensor
 
 
@@ -118,10 +118,9 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
     batch = tf.shape(x.s if scaled_input else x)[2]
     keys = routing_keys(routing, keys, batch)
     shared = log_w.shape[0] == 1 and n_cells != 1
-    # The sum's inputs p have maximum 1 per (cell, sample) (up to an ulp: a reciprocal's
-    # rounding), so every output s_o is at least the weight of the child at that maximum,
-    # hence at least min_i w_io of its cell (also for max routing below); LINEAR_MIN_LOG
-    # leaves a wide margin for that ulp.
+    # Every output s_o is at least max(p) times the weight of the child at that maximum,
+    # and max(s) is at most max(p) (the weights into o sum to 1): s_o / max(s) is at
+    # least min_i w_io of its cell (also for max routing below).
     log_floor = tf.stop_gradient(
         tf.reduce_min(log_w, axis=1) if log_w_min is None else log_w_min)
     log_floor = tf.reshape(log_floor, [1, 1, 1, c_out] if shared else [h_out, w_out, 1, c_out])

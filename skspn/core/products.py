@@ -128,6 +128,15 @@ def _combine_along(x, axis, bases, n_out, combine, fill):
     return parts[0] if len(parts) == 1 else tf.concat(parts, axis)
 
 
+def _normalised(s, m):
+    """``log(s) + m`` as ``(s / max(s), m + log(max(s)))``, the maximum over the channels
+    of each cell and sample. One reciprocal per (cell, sample) and a multiply per value: a
+    division per value took 1.5 of 11.5 ms on the d=16 layer of ``Product.scaled_from``
+    (XLA, batch 128)."""
+    top = tf.reduce_max(s, axis=-1, keepdims=True)
+    return s * tf.math.reciprocal(top), m + tf.math.log(top)
+
+
 class Product(tf.Module):
     """One GCLP layer built from a resolved (validated) ``ProductSpec``.
 
@@ -280,10 +289,9 @@ class Product(tf.Module):
     def scaled(self, x):
         """The output ``log p + m`` as ``(p [H_out, W_out, B, C_out], m [H_out, W_out, B, 1])``.
 
-        ``m`` is the maximum over the channels of each cell and sample, so ``max(p) = 1``
-        (up to the rounding of a reciprocal for depthwise products of scaled values):
-        exactly what a following sum needs (``sums.log_matmul_exp``), computed in one
-        compiled pass without writing the log-values. For a one-hot product of all
+        ``m`` is the maximum over the channels of each cell and sample, so ``max(p) = 1``:
+        what a following sum needs (``sums.log_matmul_exp``), computed in one compiled
+        pass without writing the log-values. For a one-hot product of all
         channel combinations every output channel is a sum of one channel per child, so
         ``p`` is a product of the children's max-scaled exponentials and ``m`` the sum of
         their maxima: ``C_in`` exponentials per input cell instead of ``C_in ** n``.
@@ -345,22 +353,30 @@ class Product(tf.Module):
         times ``exp`` of the sum of their ``m``: one multiply per child instead of a log
         per input and an exp per output. On the MNIST inpainting net's d=16 layer with its
         sum (``[43, 43, 128, 16]`` input, CPU): 43 ms from log-values, 27 ms this way.
-        Exact as long as the product does not underflow: every entry of ``s`` is at least
-        ``exp(log_floor)`` of its cell and channel (the smallest weight of that sum, as the
-        sum's inputs have maximum 1), so the product's output is at least the product of
-        those floors, the same product taken of ``log_floor`` (a batch of one); where
-        that falls below ``LINEAR_MIN_LOG`` anywhere (possible with extreme weights, e.g.
-        from gradient training) the layer takes the log-values instead. A bound of one
-        number per layer, ``n`` times the layer's smallest weight, sent the MNIST
-        inpainting net's d = 2 layer through the log-values at initialisation (-73 against
-        -63 per cell and channel; benchmarks/README.md).
+        Each child is divided by its own maximum over the channels first, not the product
+        by its maximum afterwards: a reduction over the input and a multiply inside the
+        product's pass, instead of a reduction over the output and a pass that rescales
+        it (whole forward pass, batch 128: MNIST inpainting net 1971-2213 -> 2228-2556
+        images/s, Olivetti 391-416 -> 443-516; benchmarks/README.md). ``p`` then has
+        maximum at most 1, not exactly 1.
+
+        Exact as long as the product does not underflow: every normalised child is at
+        least ``exp(log_floor)`` of its cell and channel (``ScaledValues``), so ``p`` is
+        at least the product of those floors, the same product taken of ``log_floor`` (a
+        batch of one); where that falls below ``LINEAR_MIN_LOG`` anywhere (possible with
+        extreme weights, e.g. from gradient training) the layer takes the log-values
+        instead. The sum after the product, a convex combination of ``p`` per output,
+        is at least the smallest entry of ``p``, so it does not underflow either. A bound
+        of one number per layer, ``n`` times the layer's smallest weight, sent the MNIST
+        inpainting net's d = 2 layer through the log-values at initialisation (-73
+        against -63 per cell and channel; benchmarks/README.md).
 
         Parameters
         ----------
         s : Tensor ``[H_in, W_in, B, C_in]``, positive
         m : Tensor ``[H_in, W_in, B, 1]``
         log_floor : Tensor ``[H_in, W_in, 1, C_in]`` or ``[1, 1, 1, C_in]``
-            A lower bound of ``log(s)``.
+            A lower bound of ``log(s / max(s))`` (the maximum over the channels).
         """
         if self.compile_large:
             multiplied, from_logs = self._scaled_linear_fn, self._scaled_log_fn
@@ -379,21 +395,21 @@ class Product(tf.Module):
                        lambda: from_logs(s, m))
 
     def multiplies_scaled(self, log_floor):
-        """Whether ``scaled_from`` multiplies values whose logs are at least ``log_floor``
-        (as there): the product of the floors, this product taken of them, stays above
-        ``LINEAR_MIN_LOG`` everywhere. A scalar bool Tensor."""
+        """Whether ``scaled_from`` multiplies values whose normalised logs are at least
+        ``log_floor`` (as there): the product of the floors, this product taken of them,
+        stays above ``LINEAR_MIN_LOG`` everywhere. A scalar bool Tensor."""
         h_in, w_in = self.resolved.in_shape
         floor = tf.broadcast_to(log_floor, [h_in, w_in, 1, self.in_channels])
         return tf.reduce_min(self._forward(floor)) >= LINEAR_MIN_LOG
 
     def forward_from_scaled(self, s, m, log_floor):
         """The output log-values (``__call__``) from the input's ``log(s) + m``
-        (``log_floor`` as in ``scaled_from``). A depthwise product multiplies the ``s``
-        and takes the logs of its outputs where that cannot underflow (the rule of
-        ``scaled_from``), else it adds the inputs' logs; the last product of the MNIST
-        inpainting net, 59 x 59 input cells and 32 x 32 output cells, batch 128: 4.0-4.9
-        against 6.3-6.7 ms. Large inputs run compiled. No gradient of its own
-        (``product_sum.product_of``)."""
+        (``log_floor`` as in ``scaled_from``). A depthwise product multiplies the ``s``,
+        each divided by its maximum over the channels, and takes the logs of its outputs
+        where that cannot underflow (the rule of ``scaled_from``), else it adds the
+        inputs' logs; the last product of the MNIST inpainting net, 59 x 59 input cells
+        and 32 x 32 output cells, batch 128: 4.0-4.9 against 6.3-6.7 ms. Large inputs run
+        compiled. No gradient of its own (``product_sum.product_of``)."""
         compiled = (compiles_layer(int(np.prod(self.resolved.in_shape)), self.n_pixels)
                     and not tracing_for_xla())
         from_logs = self._forward_from_logs_fn if compiled else self._forward_from_logs
@@ -405,6 +421,7 @@ class Product(tf.Module):
         return self._forward(tf.math.log(s) + m)
 
     def _forward_multiplied(self, s, m):
+        s, m = _normalised(s, m)
         return (tf.math.log(self._along_axes(s, tf.multiply, 1.0))
                 + self._along_axes(m, tf.add, 0.0))
 
@@ -412,18 +429,13 @@ class Product(tf.Module):
         return self._scaled_impl(tf.math.log(s) + m)
 
     def _scaled_linear_impl(self, s, m):
+        s, m = _normalised(s, m)
         if self._separable():
-            p = self._along_axes(s, tf.multiply, 1.0)
-            m_sum = self._along_axes(m, tf.add, 0.0)
-        else:
-            p = None
-            for c in self._children(s, pad_value=1.0):
-                p = c if p is None else p * c
-            m_sum = tf.add_n(self._children(m))
-        top = tf.reduce_max(p, axis=-1, keepdims=True)
-        # One reciprocal per (cell, sample) and a multiply per value: the division per
-        # value took 1.5 of 11.5 ms on the d=16 layer above (XLA, batch 128).
-        return p * tf.math.reciprocal(top), m_sum + tf.math.log(top)
+            return self._along_axes(s, tf.multiply, 1.0), self._along_axes(m, tf.add, 0.0)
+        p = None
+        for c in self._children(s, pad_value=1.0):
+            p = c if p is None else p * c
+        return p, tf.add_n(self._children(m))
 
     def _separable(self):
         """Whether the product is depthwise with unit strides: its kernel is then the
