@@ -442,13 +442,14 @@ class DGCSPN(tf.Module):
         """
         leaf_lp = self.leaf_log_prob(x)
         with tf.GradientTape() as tape:
-            log_weights = self.log_weights() if weights is None else weights.log
-            tape.watch(log_weights)
-            _, root = self.forward_from_leaves(leaf_lp, log_weights, routing, seed,
+            if weights is None:  # normalised once, each layer then takes them as given
+                weights = self.normalised_weights()
+            tape.watch(weights.log)
+            _, root = self.forward_from_leaves(leaf_lp, weights.log, routing, seed,
                                                sample_index=sample_index,
                                                given_weights=weights)
             total = tf.reduce_sum(root if weight is None else weight * root)
-        return tape.gradient(total, log_weights), root
+        return tape.gradient(total, weights.log), root
 
     # ------------------------------------------------------------------ state
     def get_weights(self):

@@ -412,8 +412,13 @@ class SpatialSum(tf.Module):
         inpainting net: 23 against 30 ms (CPU, one-off timing; benchmarks/README.md).
         """
         if not self.log_space:
-            log_w = self.log_weights()
-            return log_w, tf.exp(log_w), tf.reduce_min(log_w, axis=1)
+            # Counts: w = c / total and its log, two passes over the weights after the
+            # smoothing, where log(c) - log(total) and then exp(log_w) took three (the
+            # online USI step on the Olivetti net: benchmarks/README.md)
+            c = tf.maximum(self.accumulator, 0.0) + self.eps
+            w = c * tf.math.reciprocal(tf.reduce_sum(c, axis=1, keepdims=True))
+            log_w = tf.math.log(w)
+            return log_w, w, tf.reduce_min(log_w, axis=1)
         return _normalise_log(self.accumulator)
 
     def __call__(self, x, log_w, routing="gradient", keys=None, w=None, combinations=None):
