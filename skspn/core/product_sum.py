@@ -1,8 +1,9 @@
 """A product and the spatial sum after it, as one routing op.
 
-A sum needs its children only as ``(p, m)``: the max-scaled exponentials and the maximum
-per cell (``sums.log_matmul_exp``). ``Product.scaled`` forms exactly that in one pass
-(compiled by XLA for large layers), so the product's log-values are never written and
+A sum needs its children only as ``(p, m)``: their log-values ``log(p) + m`` with ``m``
+per cell and ``p`` scaled to a maximum of 1, or at most 1 where that cannot underflow
+(``sums.log_matmul_exp``, ``Product.scaled_from``). ``Product.scaled`` forms that in one
+pass (compiled by XLA for large layers), so the product's log-values are never written and
 taken apart again. For a one-hot product of all channel combinations (4 components and a
 2x2 kernel: 256 channels per cell) ``p`` is a product of the children's exponentials:
 ``C_in`` exponentials per input cell instead of ``C_in ** 4``.
