@@ -40,6 +40,7 @@ architecture table and the timing loop.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -332,6 +333,7 @@ def main_benchmark(args, log, save=None):
     ops = args.ops or list(OPS)
     jits = [False, True] if args.jit == "both" else [args.jit == "on"]
     peer_py = ensure_peer_venv(log) if args.peer else None
+    rounds = getattr(args, "rounds", 1)
     results = []
     for arch_name in archs:
         arch = ARCHS[arch_name]
@@ -346,7 +348,9 @@ def main_benchmark(args, log, save=None):
         for op in ops:
             for jit in jits:
                 libs = ["skspn"] + (["libspn-keras"] if peer_py else [])
-                for lib in libs:
+                # Rounds alternate the libraries, so that the VM's drifts (15-40 % between
+                # minutes here) reach both sides of a ratio alike (best_rows: medians).
+                for round_index, lib in itertools.product(range(rounds), libs):
                     cfg = dict(arch=arch_name, arch_spec=arch, op=op, jit=jit, batches=arch_batches,
                                repeats=repeats, max_step_s=args.max_step_seconds)
                     if lib == "skspn":
@@ -358,7 +362,7 @@ def main_benchmark(args, log, save=None):
                     rows, info, describe, error, wall = run_subprocess(cmd, env=env)
                     rec = dict(library=lib, arch=arch_name, op=op, jit_compile=jit, rows=rows,
                                devices=(info or {}).get("devices"), error=error,
-                               wall_s=round(wall, 1))
+                               wall_s=round(wall, 1), round=round_index)
                     if lib == "skspn" and describe:
                         rec["describe"] = describe
                     if lib != "skspn" and info:
@@ -375,13 +379,32 @@ def main_benchmark(args, log, save=None):
 
 
 def best_rows(results):
-    """{(lib, arch, op, batch): {jit: row}} for successful rows."""
-    table = {}
+    """{(lib, arch, op, batch): {jit: row}}; rows of several rounds (``--rounds``) merged
+    by ``median_row``."""
+    runs = {}
     for rec in results:
         for row in rec["rows"]:
             key = (rec["library"], rec["arch"], rec["op"], row["batch"])
-            table.setdefault(key, {})[rec["jit_compile"]] = row
-    return table
+            runs.setdefault(key, {}).setdefault(rec["jit_compile"], []).append(row)
+    return {key: {jit: median_row(rows) for jit, rows in by_jit.items()}
+            for key, by_jit in runs.items()}
+
+
+def median_row(rows):
+    """One row for the runs ``rows`` of a (library, net, op, batch, jit), in round order:
+    the median images / second, compile time and normalisation time of the successful
+    ones, their largest peak memory, and every round's images / second
+    (``images_per_s_rounds``, when there are several)."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    if len(ok) < 2:
+        return ok[0] if ok else rows[0]
+    merged = dict(ok[0])
+    for field in ("images_per_s", "compile_s", "normalise_weights_s"):
+        if field in merged:
+            merged[field] = statistics.median(r[field] for r in ok)
+    merged["peak_rss_mib"] = max(r["peak_rss_mib"] for r in ok)
+    merged["images_per_s_rounds"] = [r["images_per_s"] for r in ok]
+    return merged
 
 
 def fastest_row(by_jit):
@@ -450,9 +473,18 @@ def write_markdown(results, meta, path):
             "batch, as for a query of one batch (`normalise_weights_s`, measured with the "
             "copy to numpy, so slightly high).")
         lines.append("")
+        rounds = max((len(row.get("images_per_s_rounds", [])) for by_jit in table.values()
+                      for row in by_jit.values()), default=0)
+        if rounds:
+            lines.append(
+                f"Each side ran {rounds} times, alternating: medians, and the range of the "
+                "ratios of the rounds (each round's skspn against the libspn-keras run "
+                "right after it, best jit setting of the medians).")
+            lines.append("")
         lines.append("| arch | op | batch | skspn img/s | libspn-keras img/s | ratio | "
-                     "skspn img/s, normalised per batch | ratio so |")
-        lines.append("|---|---|---|---|---|---|---|---|")
+                     "skspn img/s, normalised per batch | ratio so |"
+                     + (" ratios of the rounds |" if rounds else ""))
+        lines.append("|---|---|---|---|---|---|---|---|" + ("---|" if rounds else ""))
         for (lib, arch, op, batch), by_jit in sorted(table.items(), key=lambda kv: (
                 list(ARCHS).index(kv[0][1]) if kv[0][1] in ARCHS else 99, OPS.index(kv[0][2]),
                 kv[0][3])):
@@ -468,8 +500,16 @@ def write_markdown(results, meta, path):
                 with_norm = batch / (batch / s + best["normalise_weights_s"])
                 per_batch = f"{with_norm:.1f}"
                 ratio_per_batch = f"{with_norm / p:.2f}x" if p else "-"
+            by_round = "-"
+            if rounds and best and peer_best:
+                pairs = list(zip(best.get("images_per_s_rounds", []),
+                                 peer_best.get("images_per_s_rounds", [])))
+                if pairs:
+                    each = [a / b for a, b in pairs]
+                    by_round = f"{min(each):.2f}-{max(each):.2f}x"
             lines.append(f"| {arch} | {op} | {batch} | {s and f'{s:.1f}'} | "
-                         f"{p and f'{p:.1f}'} | {ratio} | {per_batch} | {ratio_per_batch} |")
+                         f"{p and f'{p:.1f}'} | {ratio} | {per_batch} | {ratio_per_batch} |"
+                         + (f" {by_round} |" if rounds else ""))
         lines.append("")
     errors = [(r["library"], r["arch"], r["op"], r["jit_compile"],
                row.get("error") or row.get("reason"))
@@ -622,9 +662,14 @@ def main(argv=None):
     p.add_argument("--batches", nargs="*", type=int,
                    help="batch sizes of the main table (default 64 128 512; --quick: 64 128)")
     p.add_argument("--max-step-seconds", type=float, default=MAX_STEP_SECONDS)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run each library this many times per net and op, alternating "
+                        "(with --peer: ratios of medians, and the range of the rounds')")
     p.add_argument("--tag", default="", help="suffix for the result files (throughput<tag>.json)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.worker:
         sys.path.insert(0, str(ROOT))
         return run_worker(args)

@@ -154,6 +154,44 @@ def test_throughput_quick_says_what_it_leaves_out(monkeypatch):
     assert len(workers) == 1
 
 
+def test_throughput_rounds_alternate_the_libraries_and_report_medians(monkeypatch, tmp_path):
+    """``--rounds`` runs skspn and libspn-keras in turns (so the VM's drifts reach both
+    sides of a ratio alike) and reports median images / second, the ratio of the medians
+    and the range of the rounds' own ratios."""
+    import argparse
+
+    throughput = _benchmark_module("throughput")
+    speeds = iter([1000.0, 200.0, 1500.0, 250.0, 900.0, 300.0])  # skspn, peer, skspn, ...
+    workers = []
+
+    def run(cmd, env=None):
+        workers.append("peer" if "peer_libspn_keras.py" in " ".join(cmd) else "skspn")
+        row = dict(batch=64, status="ok", images_per_s=next(speeds), compile_s=1.0,
+                   peak_rss_mib=100.0 + len(workers))
+        return [row], {}, None, None, 0.0
+
+    monkeypatch.setattr(throughput, "run_subprocess", run)
+    monkeypatch.setattr(throughput, "ensure_peer_venv", lambda log: "peer-python")
+    args = argparse.Namespace(quick=True, batches=[64], archs=["mnist_inpainting"],
+                              ops=["hard_em"], jit="off", peer=True, max_step_seconds=60.0,
+                              rounds=3)
+    results = throughput.main_benchmark(args, lambda message: None)
+    assert workers == ["skspn", "peer"] * 3
+    assert [r["round"] for r in results] == [0, 0, 1, 1, 2, 2]
+    row = throughput.best_rows(results)[("skspn", "mnist_inpainting", "hard_em", 64)][False]
+    assert row["images_per_s"] == 1000.0 and row["images_per_s_rounds"] == [1000.0, 1500.0, 900.0]
+    assert row["peak_rss_mib"] == 105.0  # the largest
+    meta = dict(date="d", machine="m", cpus=2, devices=["CPU"], tf_version="t", mode="quick")
+    throughput.write_markdown(results, meta, tmp_path / "t.md")
+    text = (tmp_path / "t.md").read_text()
+    assert "Each side ran 3 times" in text
+    # medians 1000 / 250 = 4.00x; the rounds: 5.00x, 6.00x, 3.00x
+    assert "| mnist_inpainting | hard_em | 64 | 1000.0 | 250.0 | 4.00x | - | - | 3.00-6.00x |" \
+        in text
+    with pytest.raises(SystemExit):
+        throughput.main(["--rounds", "0"])
+
+
 @pytest.mark.parametrize("peer_build, rebuilt", [("True", True), ("False", False)])
 def test_throughput_peer_environment_runs_skspn_s_tensorflow_build(
         tmp_path, monkeypatch, peer_build, rebuilt):
