@@ -1386,6 +1386,39 @@ def test_scaled_from_multiplies_only_where_the_product_cannot_underflow(tiny, mu
     np.testing.assert_array_equal(out, multiplied if multiplies else from_logs)
 
 
+@pytest.mark.parametrize("tiny_children, multiplies", [(0, True), (4, False)])
+def test_scaled_from_multiplies_by_the_values_where_the_floors_are_loose(tiny_children,
+                                                                         multiplies):
+    """Where the weights' floors refuse (a fitted network's smoothed counts of children
+    its sums rarely chose), the batch's own values decide: their ratios of smallest to
+    largest value per child bound the multiplied product. Values in [0.1, 1] multiply
+    under a floor of -30 per child (4 x -30 < LINEAR_MIN_LOG); a channel of 1e-12 in each
+    of four children of one output does not."""
+    from skspn.core import products
+
+    product = one_layer_product(product_spec((2, 2), dilations=(2, 2), padding="full"), (8, 9))
+    rng = np.random.default_rng(2)
+    s = rng.uniform(0.1, 1.0, size=(8, 9, 2, 3))
+    for cell in [(3, 4), (3, 6), (5, 4), (5, 6)][:tiny_children]:
+        s[cell][..., 0] = 1e-12
+    s = tf.constant(s, tf.float32)
+    m = tf.constant(rng.normal(size=(8, 9, 2, 1)), tf.float32)
+    loose = tf.fill([1, 1, 1, 3], -30.0)  # a valid lower bound of log(s / max(s))
+    assert 4 * -30.0 < products.LINEAR_MIN_LOG and not bool(product.multiplies_scaled(loose))
+    assert bool(product.multiplies_values(s)) == multiplies
+    assert bool(product.multiplies_values(s, compiled=True)) == multiplies
+    p, m_out = (t.numpy() for t in product.scaled_from(s, m, loose))
+    linear, from_logs = product._scaled_linear_impl(s, m), product._scaled_log_impl(s, m)
+    np.testing.assert_array_equal(p, (linear if multiplies else from_logs)[0].numpy())
+    with np.errstate(divide="ignore"):  # log(0): p_log's underflowed entries
+        np.testing.assert_allclose(np.log(p) + m_out,
+                                   np.log(from_logs[0].numpy()) + from_logs[1].numpy(),
+                                   rtol=1e-5, atol=1e-4)
+    out = product.forward_from_scaled(s, m, loose).numpy()
+    taken = product._forward_multiplied if multiplies else product._forward_from_logs
+    np.testing.assert_array_equal(out, taken(s, m).numpy())
+
+
 @pytest.mark.parametrize("leaf_kind", ["normal", "categorical"])
 def test_compiled_leaf_log_prob_equals_plain(leaf_kind, monkeypatch):
     """Images of at least ``XLA_MIN_PIXELS`` pixels compute the leaf log-probs as one
