@@ -364,13 +364,14 @@ class Product(tf.Module):
         Exact as long as the product does not underflow: every normalised child is at
         least ``exp(log_floor)`` of its cell and channel (``ScaledValues``), so ``p`` is
         at least the product of those floors, the same product taken of ``log_floor`` (a
-        batch of one); where that falls below ``LINEAR_MIN_LOG`` anywhere (possible with
-        extreme weights, e.g. from gradient training) the layer takes the log-values
-        instead. The sum after the product, a convex combination of ``p`` per output,
-        is at least the smallest entry of ``p``, so it does not underflow either. A bound
-        of one number per layer, ``n`` times the layer's smallest weight, sent the MNIST
-        inpainting net's d = 2 layer through the log-values at initialisation (-73
-        against -63 per cell and channel; benchmarks/README.md).
+        batch of one); where that falls below ``LINEAR_MIN_LOG`` anywhere (fitted or
+        extreme weights) the batch's own values decide (``multiplies_values``), and where
+        they too could underflow the layer takes the log-values. The sum after the
+        product, a convex combination of ``p`` per output, is at least the smallest entry
+        of ``p``, so it does not underflow either. A bound of one number per layer, ``n``
+        times the layer's smallest weight, sent the MNIST inpainting net's d = 2 layer
+        through the log-values at initialisation (-73 against -63 per cell and channel;
+        benchmarks/README.md).
 
         Parameters
         ----------
