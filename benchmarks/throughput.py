@@ -26,6 +26,7 @@ Usage::
     python benchmarks/throughput.py              # full: batches 64/128/512, 5 repeats
     python benchmarks/throughput.py --quick      # ~10 min: batches 64/128, no Olivetti 512
     python benchmarks/throughput.py --peer       # also libspn-keras 0.6.0 in benchmarks/.peer-venv
+    python benchmarks/throughput.py --peer --rounds 3   # both 3 times, alternating: medians
     python benchmarks/throughput.py --scaling    # image size / depth scaling + plot only
     python benchmarks/throughput.py --quick --peer --scaling
 
@@ -664,7 +665,8 @@ def main(argv=None):
     p.add_argument("--max-step-seconds", type=float, default=MAX_STEP_SECONDS)
     p.add_argument("--rounds", type=int, default=1,
                    help="run each library this many times per net and op, alternating "
-                        "(with --peer: ratios of medians, and the range of the rounds')")
+                        "(with --peer: the ratio of the medians and the range of the "
+                        "rounds' own ratios)")
     p.add_argument("--tag", default="", help="suffix for the result files (throughput<tag>.json)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
