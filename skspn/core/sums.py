@@ -395,8 +395,12 @@ class SpatialSum(tf.Module):
             # forward + backward on the MNIST classifier's last sum ([196, 128, 128]).
             a = self.accumulator
             return a - tf.reduce_logsumexp(a, axis=1, keepdims=True)
-        c = tf.maximum(self.accumulator, 0.0) + self.eps
+        c = self._smoothed_counts()
         return tf.math.log(c) - tf.math.log(tf.reduce_sum(c, axis=1, keepdims=True))
+
+    def _smoothed_counts(self):
+        """Count accumulators with the smoothing ``eps`` (``log_space=False``)."""
+        return tf.maximum(self.accumulator, 0.0) + self.eps
 
     def normalised(self):
         """``(log_w, w, log_w_min)``: ``log_weights()``, its exponential and its minimum
@@ -415,7 +419,7 @@ class SpatialSum(tf.Module):
             # Counts: w = c / total and its log, two passes over the weights after the
             # smoothing, where log(c) - log(total) and then exp(log_w) took three (the
             # online USI step on the Olivetti net: benchmarks/README.md)
-            c = tf.maximum(self.accumulator, 0.0) + self.eps
+            c = self._smoothed_counts()
             w = c * tf.math.reciprocal(tf.reduce_sum(c, axis=1, keepdims=True))
             log_w = tf.math.log(w)
             return log_w, w, tf.reduce_min(log_w, axis=1)
