@@ -123,6 +123,12 @@ CASES = {
         products=[product_spec((1, 2), strides=(1, 2), padding="valid", mode="one_hot"),
                   product_spec((2, 2), padding="final")]),
     "2x4-hand-built-stride2-full-final": dict(shape=(2, 4), products=hand_built_2x4(), k=3),
+    # a dilated stride-2 product: TensorFlow's autodiff differentiates it (no hand-written
+    # transpose), through the log-values of the layer below
+    "3x3-hand-built-dilated-stride2": dict(
+        shape=(3, 3), products=[product_spec((2, 2), padding="full", mode="one_hot"),
+                                product_spec((2, 2), dilations=2, strides=2,
+                                             padding="final")]),
 }
 
 
@@ -1032,6 +1038,9 @@ FUSED_CASES = {
     # Fused layers on fused layers: Product.scaled_from multiplies the values below.
     "2x3-onehot-maxdepth": {},
     "3x3-depthwise-stride2-maxdepth": {},  # interleave, then shifted windows
+    # a fused layer below a product without a hand-written transpose (product_of takes
+    # the log-values, to_log_values passes the signal on)
+    "3x3-hand-built-dilated-stride2": {},
     # Log-weights down to about -60: a depthwise product of the fused layer's values could
     # underflow, so Product.scaled_from takes the log-values instead of multiplying (in one
     # of the two layers; the bound is per cell and channel).
@@ -1073,7 +1082,8 @@ def test_fused_product_sum_equals_separate_layers(case, monkeypatch):
         (h, w), c = product.resolved.in_shape, product.in_channels
         return tf.reshape(tf.reduce_min(log_w, axis=1), [h, w, 1, c])
 
-    if case in ("3x3-onehot", "3x3-onehot-subset", "3x3-onehot-shared-counts"):
+    if case in ("3x3-onehot", "3x3-onehot-subset", "3x3-onehot-shared-counts",
+                "3x3-hand-built-dilated-stride2"):
         assert multiplies() == []
     else:
         assert multiplies() and all(multiplies()) == all_multiply
@@ -1172,7 +1182,7 @@ def test_factored_sum_equals_sum_of_all_combinations(shared):
     s, t = factored_matmul(q, e, w)
     np.testing.assert_allclose(s.numpy(), s_full.numpy(), rtol=1e-5)
     dp, dlw_full = soft_route(p, w, s_full, g)
-    dq, de, dlw = factored_soft_route(q, e, t, w, s, g)
+    dq, de, dlw = factored_soft_route(q, e, t, w, g / s)
     dp = tf.reshape(dp, [n, b, r, a]).numpy()
     np.testing.assert_allclose(dq.numpy(), dp.sum(axis=3), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(de.numpy(), dp.sum(axis=2), rtol=1e-4, atol=1e-6)

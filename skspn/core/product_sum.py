@@ -8,7 +8,7 @@ taken apart again. For a one-hot product of all channel combinations (4 componen
 2x2 kernel: 256 channels per cell) ``p`` is a product of the children's exponentials:
 ``C_in`` exponentials per input cell instead of ``C_in ** 4``.
 
-The backward pass is the routing sum op's (``sums.choose`` / ``sums.soft_route``, as in
+The backward pass is the routing sum op's (``sums.choose`` / ``sums.soft_signals``, as in
 ``sums.routed_sum``) followed by the product's transpose, so EM counts, MPE, sampling and
 posteriors are those of the separate layers (``tests/test_core_inference.py`` compares
 both against brute force and each other). Hard choices reach a one-hot product's children
@@ -34,7 +34,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from .sums import (_stable_max, _weighted_scores, choose, factored_matmul,
-                   factored_soft_route, routing_keys, scaled_matmul, soft_route,
+                   factored_soft_route, routing_keys, scaled_matmul, soft_signals,
                    unweighted_choice_by_child)
 
 
@@ -46,10 +46,15 @@ class ScaledValues(NamedTuple):
     log-values where a plain layer needs them.
 
     Gradient convention: the gradient (or routed signal) that these ops pass for ``s`` is
-    the one with respect to the log-values ``log(s) + m``, and the one for ``m`` is
-    unused (zero). Both ends of every pair are ops of this module, which keep to it, so
-    the gradients outside (at the leaves and the log-weights) are the true ones;
-    ``g / s`` and back would overflow where ``s`` is tiny.
+    the one with respect to the log-values ``log(s) + m``, or, where ``linear_signal``
+    is set, with respect to ``s`` itself (``g / s``); the one for ``m`` is unused (zero).
+    Both ends of every pair are ops of this module, which keep to it, so the gradients
+    outside (at the leaves and the log-weights) are the true ones. The soft routings (the
+    gradient, soft EM, imputation) set ``linear_signal``: their backward pass divides by
+    ``s`` anyway (``sums.soft_signals``), and the consumer divides inside its product's
+    transpose (``Product.backward``) instead of the producer in a pass of its own. Hard
+    routings pass win counts, which are no gradients of ``s``, and dividing them would
+    overflow where ``s`` is tiny.
     """
 
     s: tf.Tensor  # [H, W, B, C], positive (Product.scaled_from keeps it from underflowing)
@@ -57,6 +62,8 @@ class ScaledValues(NamedTuple):
     # [H, W, 1, C] or [1, 1, 1, C]: a lower bound of log(s / max(s)) per cell and channel,
     # the maximum over the channels of each cell and sample (see Product.scaled_from)
     log_floor: tf.Tensor
+    # the producer takes the signal of s itself, not of the log-values (convention above)
+    linear_signal: bool = False
 
 
 def to_log_values(x):
@@ -67,7 +74,8 @@ def to_log_values(x):
     @tf.custom_gradient
     def op(s, m):
         def grad(g):
-            return g, tf.zeros_like(m)  # the ScaledValues gradient convention
+            # the ScaledValues gradient convention
+            return (g / s if x.linear_signal else g), tf.zeros_like(m)
         return tf.math.log(s) + m, grad
 
     return op(x.s, x.m)
@@ -80,8 +88,9 @@ def product_of(product, x):
 
     @tf.custom_gradient
     def op(s, m):
-        def grad(g):
-            return product.backward(g), tf.zeros_like(m)  # the ScaledValues convention
+        def grad(g):  # the ScaledValues convention
+            return (product.backward(g, s_in=s if x.linear_signal else None),
+                    tf.zeros_like(m))
         return product.forward_from_scaled(s, m, x.log_floor), grad
 
     return op(x.s, x.m)
@@ -109,13 +118,18 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
     Returns
     -------
     ScaledValues of shapes ``[H_out, W_out, B, C_out]`` and ``[H_out, W_out, B, 1]``:
-        the log-values of the sum (``to_log_values``).
+        the log-values of the sum (``to_log_values``); with ``linear_signal`` for the
+        soft routings.
     """
     if not product.scalable:
         raise ValueError(f"{product.name} cannot be fused with the sum after it")
     (h_out, w_out), n_cells = product.out_shape, spatial_sum.n_cells
     c_in, c_out = spatial_sum.in_channels, spatial_sum.out_channels
     scaled_input = isinstance(x, ScaledValues)
+    # the signal this op receives for its output's s, and passes for its input's
+    # (the ScaledValues convention)
+    soft = routing in ("gradient", "soft")
+    linear_in = scaled_input and x.linear_signal
     batch = tf.shape(x.s if scaled_input else x)[2]
     keys = routing_keys(routing, keys, batch)
     shared = log_w.shape[0] == 1 and n_cells != 1
@@ -163,19 +177,27 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
 
         def grad(g_s, g_m=None):
             del g_m  # unused: the ScaledValues gradient convention
+            # soft: r = g / s, the signal of s (linear_signal); else that of the log-values
             g = tf.reshape(g_s, [n_cells, batch, c_out])
-            if factored and routing in ("gradient", "soft"):
-                dq, de, dlw = factored_soft_route(q, e, t, w, s, g)
-                h_out, w_out = product.out_shape
+            if factored and soft:
+                dq, de, dlw = factored_soft_route(q, e, t, w, g)
                 dx = product.factored_backward(
                     tf.reshape(dq, [h_out, w_out, batch, c_in // product.in_channels]),
                     tf.reshape(de, [h_out, w_out, batch, product.in_channels]))
+            elif soft:
+                # the children's log-values receive p * u, which the product's transpose
+                # multiplies (and divides by the input's s, for a linear_signal input)
+                # in its own pass
+                u, dlw = soft_signals(p, w, g)
+                shape = [h_out, w_out, batch, c_in]
+                dx = product.backward(tf.reshape(u, shape), factor=tf.reshape(p, shape),
+                                      s_in=inputs[0] if linear_in else None)
             else:
                 backward = _backward
                 # Hard choices (max, compare, select, argmax, one-hot, shifted windows)
                 # fuse well under XLA; the soft pass is mostly batched matmuls, which XLA
-                # ran slower.
-                if product.compile_large and routing not in ("gradient", "soft"):
+                # ran slower, and compiles only its product's transpose.
+                if product.compile_large:
                     backward = _COMPILED.get(product)
                     if backward is None:
                         backward = _COMPILED[product] = tf.function(
@@ -186,9 +208,11 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
                 if routing == "hard_unweighted" and product.combinations() is not None:
                     x_in = tf.math.log(inputs[0]) if scaled_input else inputs[0]
                 dx, dlw = backward(product, routing, p, w, s, lw, g, keys, x_in)
+                if linear_in:  # not met in one network: all its layers route alike
+                    dx = dx / inputs[0]
             if shared:
                 dlw = tf.reduce_sum(dlw, axis=0, keepdims=True)
-            if scaled_input:  # the signal of the log-values goes to s (convention above)
+            if scaled_input:  # the signal goes to s (the ScaledValues convention)
                 return dx, tf.zeros_like(inputs[1]), dlw
             return dx, dlw
 
@@ -201,7 +225,7 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
     else:
         op = tf.custom_gradient(lambda x, log_w: layer((x,), log_w))
         s_out, m_out = op(x, log_w)
-    return ScaledValues(s_out, m_out, log_floor)
+    return ScaledValues(s_out, m_out, log_floor, linear_signal=soft)
 
 
 def _factoring_pays(product, c_out):
@@ -218,16 +242,12 @@ def _factoring_pays(product, c_out):
 
 
 def _backward(product, routing, p, w, s, lw, g, keys, x_in=None):
-    """Signal at the product's input and counts of the sum, for ``g`` ``[N, B, C_out]``;
-    ``x_in``: the product's input log-values (up to a constant per input cell), for
-    unweighted choices over a one-hot product of all combinations (``p`` is then unused
-    and may be None)."""
+    """Signal at the product's input and counts of the sum under a hard or sampling
+    ``routing``, for ``g`` ``[N, B, C_out]``; ``x_in``: the product's input log-values (up
+    to a constant per input cell), for unweighted choices over a one-hot product of all
+    combinations (``p`` is then unused and may be None)."""
     n_cells, batch, c_out = tf.unstack(tf.shape(g))
     c_in = product.out_channels
-    if routing in ("gradient", "soft"):
-        dx, dlw = soft_route(p, w, s, g)
-        h_out, w_out = product.out_shape
-        return product.backward(tf.reshape(dx, [h_out, w_out, batch, c_in])), dlw
     if x_in is not None:  # child by child, from the children's own values
         children = [tf.reshape(c, [n_cells, batch, product.in_channels])
                     for c in product._children(x_in)]

@@ -576,13 +576,22 @@ class Product(tf.Module):
             t = tf.pad(t, pads + [[0, 0], [0, 0]])
         return t[begins[0]:begins[0] + sizes[0], begins[1]:begins[1] + sizes[1]]
 
-    def backward(self, g):
+    def backward(self, g, factor=None, s_in=None):
         """The transpose of the forward pass: signal ``[H_out, W_out, B, C_out]`` at the
-        output to ``[H_in, W_in, B, C_in]`` at the input (unit strides or stride = kernel)."""
-        return self._backward_fn(g) if self.compile_large else self._backward(g)
+        output to ``[H_in, W_in, B, C_in]`` at the input (unit strides or stride = kernel).
 
-    def _backward(self, g):
-        return self.transpose(self._channel_grads(g))
+        ``factor`` (shaped as ``g``): transpose ``factor * g`` instead. ``s_in`` (shaped as
+        the input): return the signal divided by it, the signal of the input's ``s`` rather
+        than of its log-values (``product_sum.ScaledValues.linear_signal``). Both happen
+        inside the transpose's (compiled) pass, so the soft backward pass of a fused
+        layer writes neither ``p * u`` nor the undivided signal (``product_sum``).
+        """
+        fn = self._backward_fn if self.compile_large else self._backward
+        return fn(g, factor, s_in)
+
+    def _backward(self, g, factor=None, s_in=None):
+        signal = self.transpose(self._channel_grads(g if factor is None else g * factor))
+        return signal if s_in is None else signal / s_in
 
     def factored_backward(self, dq, de):
         """``backward`` of a product taken as ``factored_scaled``'s factors, from the signals

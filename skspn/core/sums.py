@@ -107,19 +107,18 @@ def factored_matmul(q, e, w):
     return _weighted_blocks(t, e), t
 
 
-def factored_soft_route(q, e, t, w, s, g):
+def factored_soft_route(q, e, t, w, r):
     """``soft_route`` for ``p`` given as ``factored_matmul``'s two factors, without forming
     ``p`` or any other ``[N, B, R * A]`` tensor.
 
-    With ``r = g / s``: the signal of ``p``'s log-values is ``p * (r @ w^T)``, and summed
-    over each factor's other index it is ``dq = q * (w (e r))`` (one matmul against
-    ``w`` viewed ``[N | 1, R, A * C_out]``) and ``de = e * (t r)``; the expected counts
-    ``w * (p^T r)`` are ``w * (q^T (e r))``.
+    With ``r = g / s`` (the signal of ``s`` itself, ``soft_signals``): the signal of
+    ``p``'s log-values is ``p * (r @ w^T)``, and summed over each factor's other index it
+    is ``dq = q * (w (e r))`` (one matmul against ``w`` viewed ``[N | 1, R, A * C_out]``)
+    and ``de = e * (t r)``; the expected counts ``w * (p^T r)`` are ``w * (q^T (e r))``.
 
     Returns ``(dq [N, B, R], de [N, B, A], dlw [N, R * A, C_out])``: the signals of the
     factors' log-values (a product's children take them as they are) and the counts.
     """
-    r = g / s
     n_a, c_out = e.shape[-1], w.shape[-1]
     er = tf.reshape(e[..., :, None] * r[..., None, :],
                     tf.concat([tf.shape(r)[:2], [n_a * c_out]], 0))
@@ -284,10 +283,18 @@ def soft_route(p, w, s, g):
     ``s = p @ w``; returns ``(dx, dlw)`` as ``route``: the signal split by the child
     posteriors ``p_i w_io / s_o`` and its total per weight (expected counts).
     """
-    r = g / s
-    dx = p * tf.matmul(r, w, transpose_b=True)
-    dlw = w * tf.matmul(p, r, transpose_a=True)
-    return dx, dlw
+    u, dlw = soft_signals(p, w, g / s)
+    return p * u, dlw
+
+
+def soft_signals(p, w, r):
+    """``soft_route`` from ``r = g / s``, the signal of ``s = p @ w`` itself, leaving the
+    last multiply to the caller: returns ``(u, dlw)`` with ``u = r @ w^T`` ``[N, B, C_in]``
+    (the children's log-values receive ``p * u``) and the expected counts ``dlw``. A fused
+    layer receives ``r`` from the layer above and multiplies by ``p`` inside its product's
+    transpose (``product_sum``), so neither ``g / s`` nor ``p * u`` is a pass of its own.
+    """
+    return tf.matmul(r, w, transpose_b=True), w * tf.matmul(p, r, transpose_a=True)
 
 
 def routed_sum(x, log_w, routing="gradient", keys=None, w=None, combinations=None,
