@@ -1168,7 +1168,7 @@ def test_factored_sum_equals_sum_of_all_combinations(shared):
     (``factored_matmul`` / ``factored_soft_route``), gives the value, the signal of each
     factor's log-values and the expected counts of the sum over the written-out product
     ``p[r * A + a] = q[r] * e[a]``."""
-    from skspn.core.sums import factored_matmul, factored_soft_route, soft_route
+    from skspn.core.sums import factored_matmul, factored_soft_route, soft_signals
 
     rng = np.random.default_rng(40)
     n, b, r, a, c_out = 6, 5, 8, 3, 4
@@ -1181,7 +1181,8 @@ def test_factored_sum_equals_sum_of_all_combinations(shared):
     s_full = tf.matmul(p, tf.broadcast_to(w, [n, r * a, c_out]))
     s, t = factored_matmul(q, e, w)
     np.testing.assert_allclose(s.numpy(), s_full.numpy(), rtol=1e-5)
-    dp, dlw_full = soft_route(p, w, s_full, g)
+    u, dlw_full = soft_signals(p, w, g / s_full)
+    dp = p * u
     dq, de, dlw = factored_soft_route(q, e, t, w, g / s)
     dp = tf.reshape(dp, [n, b, r, a]).numpy()
     np.testing.assert_allclose(dq.numpy(), dp.sum(axis=3), rtol=1e-4, atol=1e-6)

@@ -108,7 +108,7 @@ def factored_matmul(q, e, w):
 
 
 def factored_soft_route(q, e, t, w, r):
-    """``soft_route`` for ``p`` given as ``factored_matmul``'s two factors, without forming
+    """``soft_signals`` for ``p`` given as ``factored_matmul``'s two factors, without forming
     ``p`` or any other ``[N, B, R * A]`` tensor.
 
     With ``r = g / s`` (the signal of ``s`` itself, ``soft_signals``): the signal of
@@ -276,23 +276,17 @@ def route(scores, log_w, g, keys, routing, combinations=None):
 _compiled_route = tf.function(route, jit_compile=True, autograph=False)
 
 
-def soft_route(p, w, s, g):
+def soft_signals(p, w, r):
     """Backward pass of the soft routing (the true gradient) of ``log(p @ w) + m``.
 
-    ``p`` ``[N, B, C_in]`` are the children's scaled exponentials, ``w`` the weights,
-    ``s = p @ w``; returns ``(dx, dlw)`` as ``route``: the signal split by the child
-    posteriors ``p_i w_io / s_o`` and its total per weight (expected counts).
-    """
-    u, dlw = soft_signals(p, w, g / s)
-    return p * u, dlw
-
-
-def soft_signals(p, w, r):
-    """``soft_route`` from ``r = g / s``, the signal of ``s = p @ w`` itself, leaving the
-    last multiply to the caller: returns ``(u, dlw)`` with ``u = r @ w^T`` ``[N, B, C_in]``
-    (the children's log-values receive ``p * u``) and the expected counts ``dlw``. A fused
-    layer receives ``r`` from the layer above and multiplies by ``p`` inside its product's
-    transpose (``product_sum``), so neither ``g / s`` nor ``p * u`` is a pass of its own.
+    ``p`` ``[N, B, C_in]`` are the children's scaled exponentials, ``w`` the weights and
+    ``r = g / s`` the signal of ``s = p @ w`` itself (``g``: that of the log-values).
+    Returns ``(u, dlw)``: ``u = r @ w^T`` ``[N, B, C_in]``, so that the children's
+    log-values receive ``p * u``, the signal split by the child posteriors
+    ``p_i w_io / s_o``; and ``dlw``, its total per weight (the expected counts). The last
+    multiply is left to the caller: a fused layer receives ``r`` from the layer above and
+    multiplies by ``p`` inside its product's transpose (``product_sum``), so neither
+    ``g / s`` nor ``p * u`` is a pass of its own.
     """
     return tf.matmul(r, w, transpose_b=True), w * tf.matmul(p, r, transpose_a=True)
 
