@@ -164,7 +164,6 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
         lw = tf.broadcast_to(log_w, [n_cells, c_in, c_out])
         w = tf.exp(log_w) if given_w is None else given_w
         if routing == "max":
-            s = None
             out = tf.reduce_max(_weighted_scores(tf.math.log(p), lw), axis=2)
             top = _stable_max(out, -1)
             s_out, m_out = tf.exp(out - top), m + top
@@ -207,7 +206,7 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
                 x_in = None
                 if routing == "hard_unweighted" and product.combinations() is not None:
                     x_in = tf.math.log(inputs[0]) if scaled_input else inputs[0]
-                dx, dlw = backward(product, routing, p, w, s, lw, g, keys, x_in)
+                dx, dlw = backward(product, routing, p, lw, g, keys, x_in)
                 if linear_in:  # not met in one network: all its layers route alike
                     dx = dx / inputs[0]
             if shared:
@@ -241,7 +240,7 @@ def _factoring_pays(product, c_out):
     return c ** (n - 1) + c * c_out < c ** n
 
 
-def _backward(product, routing, p, w, s, lw, g, keys, x_in=None):
+def _backward(product, routing, p, lw, g, keys, x_in=None):
     """Signal at the product's input and counts of the sum under a hard or sampling
     ``routing``, for ``g`` ``[N, B, C_out]``; ``x_in``: the product's input log-values (up
     to a constant per input cell), for unweighted choices over a one-hot product of all
