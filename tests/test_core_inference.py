@@ -1121,6 +1121,41 @@ def test_fused_product_sum_equals_separate_layers(case, monkeypatch):
             np.testing.assert_array_equal(value, separate[key], err_msg=key)
 
 
+@pytest.mark.parametrize("routing", ["soft", "hard", "hard_unweighted", "max"])
+def test_fused_layer_passes_the_signal_its_input_takes(routing, monkeypatch):
+    """``ScaledValues.linear_signal``: a fused layer passes its input the signal of the
+    log-values, or of ``s`` itself (that divided by ``s``) where the layer below produced
+    the input under a soft routing. Here the same input is given both ways to a fused
+    layer of each routing."""
+    from skspn.core import products
+    from skspn.core.product_sum import product_sum
+
+    monkeypatch.setattr(products, "XLA_MIN_PIXELS", 0)
+    monkeypatch.setattr(products, "XLA_MIN_CELLS", 0)
+    net = build("2x3-onehot-maxdepth", seed=31)
+    rng = np.random.default_rng(35)
+    x = to_tf(np.concatenate([rng.integers(0, 2, size=(4,) + net.spatial_shape),
+                              random_evidence(net.spatial_shape, 3, rng)]))
+    weights = net.normalised_weights()
+    below = product_sum(net.products[0], net.sums[0], net.leaf_log_prob(x), weights.log[0],
+                        "soft", w=weights.linear[0])
+    assert below.linear_signal
+
+    def input_signal(linear):
+        given = below._replace(linear_signal=linear)
+        with tf.GradientTape() as tape:
+            tape.watch(given.s)
+            out = product_sum(net.products[1], net.sums[1], given, weights.log[1], routing,
+                              w=weights.linear[1])
+            total = tf.reduce_sum(out.s)
+        return tape.gradient(total, given.s).numpy()
+
+    of_log_values = input_signal(False)
+    assert np.abs(of_log_values).sum() > 0
+    np.testing.assert_allclose(input_signal(True), of_log_values / below.s.numpy(),
+                               rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("case", ["3x3-onehot", "2x3-classes3"])
 def test_top_sum_routes_alike_compiled(case, monkeypatch):
     """Networks over large images (``XLA_MIN_PIXELS``) run the top sum's hard and sampling
