@@ -396,12 +396,16 @@ class SpatialSum(tf.Module):
             # forward + backward on the MNIST classifier's last sum ([196, 128, 128]).
             a = self.accumulator
             return a - tf.reduce_logsumexp(a, axis=1, keepdims=True)
-        c = self._smoothed_counts()
-        return tf.math.log(c) - tf.math.log(tf.reduce_sum(c, axis=1, keepdims=True))
+        return self._count_weights()[0]
 
-    def _smoothed_counts(self):
-        """Count accumulators with the smoothing ``eps`` (``log_space=False``)."""
-        return tf.maximum(self.accumulator, 0.0) + self.eps
+    def _count_weights(self):
+        """``(log_w, w)`` of count accumulators (``log_space=False``): ``w = c / total`` of
+        the smoothed counts ``c``, then its log: two passes over the weights after the
+        smoothing, where ``log(c) - log(total)`` and then ``exp(log_w)`` took three (the
+        online USI step on the Olivetti net: benchmarks/README.md)."""
+        c = tf.maximum(self.accumulator, 0.0) + self.eps
+        w = c * tf.math.reciprocal(tf.reduce_sum(c, axis=1, keepdims=True))
+        return tf.math.log(w), w
 
     def normalised(self):
         """``(log_w, w, log_w_min)``: ``log_weights()``, its exponential and its minimum
@@ -417,12 +421,7 @@ class SpatialSum(tf.Module):
         inpainting net: 23 against 30 ms (CPU, one-off timing; benchmarks/README.md).
         """
         if not self.log_space:
-            # Counts: w = c / total and its log, two passes over the weights after the
-            # smoothing, where log(c) - log(total) and then exp(log_w) took three (the
-            # online USI step on the Olivetti net: benchmarks/README.md)
-            c = self._smoothed_counts()
-            w = c * tf.math.reciprocal(tf.reduce_sum(c, axis=1, keepdims=True))
-            log_w = tf.math.log(w)
+            log_w, w = self._count_weights()
             return log_w, w, tf.reduce_min(log_w, axis=1)
         return _normalise_log(self.accumulator)
 
