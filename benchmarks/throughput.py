@@ -85,6 +85,10 @@ ARCHS = {
 }
 OPS = ("forward", "hard_em", "adam", "impute")
 MAX_STEP_SECONDS = 60.0
+# Untimed calls after the first (compiling) one: at least this many, and on until this
+# many seconds (see time_batches).
+WARMUP_CALLS = 3
+WARMUP_S = 1.0
 
 
 def scaling_arch(size, depth="auto"):
@@ -125,12 +129,19 @@ def available_mib():
     return float("inf")
 
 
-def time_batches(make_step, batches, repeats, max_step_s=MAX_STEP_SECONDS, emit=print):
+def time_batches(make_step, batches, repeats, max_step_s=MAX_STEP_SECONDS, emit=print,
+                 warmup_calls=WARMUP_CALLS, warmup_s=WARMUP_S):
     """Time ``make_step(batch)() `` for each batch size (ascending); one JSON line per size.
 
     ``make_step(batch)`` returns a zero-argument callable running one synchronous step.
-    Batch sizes whose predicted step time exceeds ``max_step_s`` or whose predicted
-    memory exceeds what is available are skipped with the reason recorded.
+    After the first call (tracing, compilation) the step runs ``warmup_calls`` times, and
+    on until the warm-up took ``warmup_s``, untimed; then at least ``repeats`` timed calls
+    (more for fast steps, up to about a second of them, at most 25), of which the median
+    is reported. The warm-up is the same for every step, however long its first call took:
+    the calls right after compiling are slower (the MNIST inpainting net's forward pass at
+    batch 64: 25, 26, 24 ms, then 18-21 ms). Batch sizes whose predicted step time exceeds
+    ``max_step_s`` or whose predicted memory exceeds what is available are skipped with
+    the reason recorded.
     """
     base_rss = peak_rss_mib()
     prev = None  # (batch, median, rss)
@@ -154,13 +165,14 @@ def time_batches(make_step, batches, repeats, max_step_s=MAX_STEP_SECONDS, emit=
                 t0 = time.perf_counter()
                 step()
                 first = time.perf_counter() - t0
-                n_rep = repeats
-                if first < 1.0:  # fast steps: a warm-up call, then enough repeats for ~1 s
-                    step()
+                warmup, n_warmup, est = 0.0, 0, first
+                while (n_warmup < warmup_calls or warmup < warmup_s) and est <= max_step_s:
                     t0 = time.perf_counter()
                     step()
                     est = time.perf_counter() - t0
-                    n_rep = max(repeats, min(25, int(math.ceil(1.0 / max(est, 1e-3)))))
+                    warmup += est
+                    n_warmup += 1
+                n_rep = max(repeats, min(25, int(math.ceil(1.0 / max(est, 1e-3)))))
                 times = []
                 for _ in range(n_rep):
                     t0 = time.perf_counter()
@@ -171,7 +183,8 @@ def time_batches(make_step, batches, repeats, max_step_s=MAX_STEP_SECONDS, emit=
                 med = statistics.median(times)
                 rss = peak_rss_mib()
                 row.update(status="ok", median_s=med, min_s=min(times), max_s=max(times),
-                           n_repeats=len(times), images_per_s=batch / med, first_call_s=first,
+                           n_repeats=len(times), n_warmup=n_warmup, warmup_s=warmup,
+                           images_per_s=batch / med, first_call_s=first,
                            compile_s=max(first - med, 0.0), peak_rss_mib=rss,
                            base_rss_mib=base_rss, loadavg_1min=os.getloadavg()[0])
                 prev = (batch, med, rss)

@@ -135,6 +135,41 @@ def test_throughput_ratios_also_count_the_weight_normalisation(tmp_path):
     assert "| mnist_inpainting | hard_em | 64 | 600.0 | 200.0 | 3.00x | - | - |" in text
 
 
+def test_throughput_times_steps_after_the_same_warm_up_however_long_compiling_took(
+        monkeypatch):
+    """The first calls after compiling are slower. Every step is warmed up alike before
+    it is timed: the loop used to warm up only steps whose first call took under a second,
+    so skspn's (compiling for 1-4 s) were timed right after compiling and libspn-keras'
+    (under a second) after a warm-up."""
+    throughput = _benchmark_module("throughput")
+
+    class Clock:  # each call of a step advances it by the step's duration
+        now = 0.0
+
+        @classmethod
+        def perf_counter(cls):
+            return cls.now
+
+    monkeypatch.setattr(throughput, "time", Clock)
+    for first_call_s in (0.2, 5.0):
+        calls = []
+
+        def make_step(batch, calls=calls, first_call_s=first_call_s):
+            def step():
+                calls.append(batch)
+                Clock.now += first_call_s if len(calls) == 1 else (
+                    0.030 if len(calls) <= 4 else 0.010)
+            return step
+
+        rows = throughput.time_batches(make_step, [64], repeats=2, emit=lambda line: None)
+        (row,) = rows
+        assert row["status"] == "ok"
+        assert row["n_warmup"] >= throughput.WARMUP_CALLS and row["warmup_s"] >= 1.0
+        assert row["median_s"] == pytest.approx(0.010)
+        assert row["images_per_s"] == pytest.approx(6400.0)
+        assert row["n_repeats"] >= 2
+
+
 def test_throughput_quick_says_what_it_leaves_out(monkeypatch):
     """``--quick`` runs the Olivetti net at batch 64 / 128 only: asked for batch 512 it
     says so and starts no worker (it wrote empty tables without a word)."""
