@@ -817,6 +817,55 @@ def test_epoch_em_pass_interrupted_starts_the_next_step_from_the_accumulators():
     assert learner.step(x, weight, seed) == pytest.approx(fresh, rel=1e-6)
 
 
+def _reachable_ops(graph_outputs):
+    """The ops a compiled function runs to produce ``graph_outputs`` (the rest is pruned)."""
+    seen, stack = set(), [t.op for t in graph_outputs]
+    while stack:
+        op = stack.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        stack.extend(t.op for t in op.inputs)
+        stack.extend(op.control_inputs)
+    return seen
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("routing", ["soft", "hard_unweighted", "hard"])
+def test_em_counts_form_no_log_of_every_weight_unless_the_routing_reads_it(
+        routing, fuse, monkeypatch):
+    """Routings that read only the linear weights count with respect to them: a compiled
+    EM step then takes no log of every count-accumulator weight (a pass over all weights,
+    5-8 % of an online USI step). Weighted choices read the log-weights (the check's
+    control: the same search finds those logs)."""
+    from skspn.core import products
+
+    if fuse:
+        monkeypatch.setattr(products, "XLA_MIN_PIXELS", 0)
+        monkeypatch.setattr(products, "XLA_MIN_CELLS", 0)
+    cfg = dict(EM_CASES["2x2-depthwise-k3"])
+    net = bernoulli_net(cfg.pop("shape"), cfg.pop("products"), seed=20, logit_scale=2.0,
+                        log_space=False, **cfg)
+    x = np.random.default_rng(21).integers(0, 2, size=(6, 2, 2)).astype(np.float64)
+    counts = tf.function(lambda x: net.em_counts(x, routing, tf.constant([5, 6], tf.int64)),
+                         autograph=False).get_concrete_function(to_tf(x))
+    weight_shapes = {tuple(layer.accumulator.shape) for layer in net.weight_layers}
+    reached = _reachable_ops(counts.outputs)
+    logs_of_weights = [op.name for op in counts.graph.get_operations()
+                       if op.type == "Log" and op.name in reached
+                       and tuple(op.outputs[0].shape) in weight_shapes]
+    assert bool(logs_of_weights) == (routing == "hard"), logs_of_weights
+    # and the counts are those taken with respect to the log-weights (brute force above)
+    ref = NumpySPN(net)
+    got = [c.numpy() for c in counts(to_tf(x))[0]]
+    if routing == "soft":
+        for c, e in zip(got, ref.soft_counts(x)):
+            np.testing.assert_allclose(c, e, rtol=1e-3, atol=2e-5)
+    else:
+        for c, e in zip(got, ref.top_down(x, choice=routing)[0]):
+            np.testing.assert_array_equal(c, e)
+
+
 @pytest.mark.parametrize("routing", ["soft", "hard"])
 def test_em_counts_with_sample_weights(routing):
     """``weight`` scales each sample's contribution (0 = padding row)."""

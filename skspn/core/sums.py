@@ -40,6 +40,12 @@ from . import keyed_random
 
 ROUTINGS = ("gradient", "soft", "hard", "hard_unweighted", "sample", "max")
 
+#: The routings whose values or choices read the log-weights (weighted choices and draws,
+#: the max-product pass). The others read only the linear weights (given, or the
+#: exponential of the log-weights): for them the tensor given as log-weights is only what
+#: their gradients, the counts, are taken with respect to (``DGCSPN.em_counts``).
+READS_LOG_WEIGHTS = frozenset({"hard", "sample", "max"})
+
 #: Finite stand-in for log(0): product dropout sets outputs to this. A finite value
 #: keeps max-subtraction and gradients free of inf - inf.
 LOG_ZERO = -1e30
@@ -399,13 +405,17 @@ class SpatialSum(tf.Module):
         return self._count_weights()[0]
 
     def _count_weights(self):
-        """``(log_w, w)`` of count accumulators (``log_space=False``): ``w = c / total`` of
-        the smoothed counts ``c``, then its log: two passes over the weights after the
-        smoothing, where ``log(c) - log(total)`` and then ``exp(log_w)`` took three (the
-        online USI step on the Olivetti net: benchmarks/README.md)."""
+        """``(log_w, w, log_w_min)`` of count accumulators (``log_space=False``):
+        ``w = c / total`` of the smoothed counts ``c``, its log, and the minimum over the
+        children taken of ``w`` (the same number: the log is monotone), so that a caller
+        that needs only ``w`` and the minimum forms no log of every weight (unused, it is
+        dropped from a compiled graph; ``DGCSPN.em_counts``). ``w`` first, then its log:
+        two passes over the weights after the smoothing, where ``log(c) - log(total)`` and
+        then ``exp(log_w)`` took three (the online USI step on the Olivetti net:
+        benchmarks/README.md)."""
         c = tf.maximum(self.accumulator, 0.0) + self.eps
         w = c * tf.math.reciprocal(tf.reduce_sum(c, axis=1, keepdims=True))
-        return tf.math.log(w), w
+        return tf.math.log(w), w, tf.math.log(tf.reduce_min(w, axis=1))
 
     def normalised(self):
         """``(log_w, w, log_w_min)``: ``log_weights()``, its exponential and its minimum
@@ -421,8 +431,7 @@ class SpatialSum(tf.Module):
         inpainting net: 23 against 30 ms (CPU, one-off timing; benchmarks/README.md).
         """
         if not self.log_space:
-            log_w, w = self._count_weights()
-            return log_w, w, tf.reduce_min(log_w, axis=1)
+            return self._count_weights()
         return _normalise_log(self.accumulator)
 
     def __call__(self, x, log_w, routing="gradient", keys=None, w=None, combinations=None):
