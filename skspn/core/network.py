@@ -254,7 +254,10 @@ class DGCSPN(tf.Module):
         ``keep_masks``: the dropout masks made beforehand by ``dropout_masks`` (the same
         masks as made here; see there why). ``given_weights``: ``NormalisedWeights``
         to use instead of ``log_weights``; with neither, the weights are normalised from
-        the accumulators (``normalised_weights``), differentiably.
+        the accumulators (``normalised_weights``), differentiably. Under routings that
+        read no log-weights (``sums.READS_LOG_WEIGHTS``) the log entries only carry the
+        gradients (the counts), so any tensors of their shapes will do (``em_counts``
+        passes the linear weights).
 
         Returns
         -------
