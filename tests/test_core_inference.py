@@ -1170,6 +1170,50 @@ def test_fused_product_sum_equals_separate_layers(case, monkeypatch):
             np.testing.assert_array_equal(value, separate[key], err_msg=key)
 
 
+@pytest.mark.parametrize("rate", [0.3, 0.6])
+@pytest.mark.parametrize("case", ["3x3-onehot", "1x5-onehot-stride2", "3x3-onehot-subset",
+                                  "2x3-onehot-maxdepth", "3x3-depthwise-stride2-maxdepth",
+                                  "3x3-hand-built-dilated-stride2"])
+def test_fused_product_dropout_equals_dropout_between_separate_layers(case, rate,
+                                                                      monkeypatch):
+    """Product dropout inside the fused op (the gradient steps that drop) gives the values
+    and gradients of dropping between separate layers: the same keyed masks, dropped
+    products 0, a cell whose products were all dropped log 0 (frequent at rate 0.6 with
+    these few channels), also with the masks made beforehand (``keep_masks``)."""
+    from skspn.core import products
+
+    monkeypatch.setattr(products, "XLA_MIN_PIXELS", 0)
+    monkeypatch.setattr(products, "XLA_MIN_CELLS", 0)
+    net = build(case, seed=31)
+    rng = np.random.default_rng(33)
+    shape = net.spatial_shape
+    x = np.concatenate([rng.integers(0, 2, size=(6,) + shape).astype(np.float64),
+                        random_evidence(shape, 3, rng)])
+    xt, seed = to_tf(x), tf.constant([5, 8], tf.int64)
+    index = tf.range(len(x))
+
+    def run(keep_masks=None):
+        with tf.GradientTape() as tape:
+            _, root = net.forward(xt, seed=seed, product_dropout=rate, input_dropout=0.2,
+                                  sample_index=index, keep_masks=keep_masks)
+            # dead roots (log 0) carry no gradient in either formulation
+            total = tf.reduce_sum(tf.where(root > -1e29, root, 0.0))
+        grads = tape.gradient(total, net.trainable_variables)
+        return root.numpy(), [g.numpy() for g in grads]
+
+    fused = run()
+    masks = net.dropout_masks(seed, index, rate, 0.2)
+    given = run(masks)
+    net.fuse_products = False
+    separate = run()
+    assert np.any(fused[0] > -1e29)
+    for got in (fused, given):
+        np.testing.assert_allclose(got[0], separate[0], rtol=1e-4, atol=1e-4)
+        for g, e in zip(got[1], separate[1]):
+            np.testing.assert_allclose(g, e, rtol=1e-3, atol=1e-4)
+    assert not np.allclose(fused[0], net.log_likelihood(xt).numpy())
+
+
 @pytest.mark.parametrize("routing", ["soft", "hard", "hard_unweighted", "max"])
 def test_fused_layer_passes_the_signal_its_input_takes(routing, monkeypatch):
     """``ScaledValues.linear_signal``: a fused layer passes its input the signal of the

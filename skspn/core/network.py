@@ -18,6 +18,8 @@ cells-major ``[H, W, B, C]`` so that per-cell sums are plain batched matmuls.
 
 from __future__ import annotations
 
+import functools
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -55,6 +57,24 @@ def _keep_mask_impl(like, keys, rate):
     return _keep_mask_of_shape(tf.shape(like), keys, rate)
 
 
+def _sized_keep_mask_impl(keys, rate, cell_shape):  # cell_shape (H, W, C): Python ints
+    h, w, c = cell_shape
+    return _keep_mask_of_shape(tf.stack([h, w, tf.shape(keys)[0], c]), keys, rate)
+
+
+def _sized_keep_mask(product, keys, rate):
+    """``_keep_mask`` of product ``product``'s outputs ``[H_out, W_out, B, C]``, made from
+    their shape (a fused layer never writes them): one compiled function per product (a
+    shape XLA knows; a partial, so that TensorFlow's retracing warning counts each apart)."""
+    fn = _SIZED_KEEP_MASKS.get(product)
+    if fn is None:
+        fn = _SIZED_KEEP_MASKS[product] = tf.function(
+            functools.partial(_sized_keep_mask_impl,
+                              cell_shape=tuple(product.out_shape) + (product.out_channels,)),
+            jit_compile=True, autograph=False)
+    return fn(keys, tf.constant(rate, tf.float32))
+
+
 def _keep_mask_of_shape(shape, keys, rate):  # shape [H, W, B, ...]: samples on axis 2
     return keyed_random.uniform(keys, shape, 2) >= rate
 
@@ -63,6 +83,7 @@ def _keep_mask_of_shape(shape, keys, rate):  # shape [H, W, B, ...]: samples on 
 # rounds run as one pass: the 14x14xBx128 mask of the MNIST classifier (batch 128) takes
 # 8 ms against 48 ms as separate TensorFlow ops.
 _keep_mask = tf.function(_keep_mask_impl, jit_compile=True, autograph=False)
+_SIZED_KEEP_MASKS = weakref.WeakKeyDictionary()
 
 
 def layer_sizes(spatial_shape, n_components, products, sum_channels, n_classes=None):
@@ -295,15 +316,26 @@ class DGCSPN(tf.Module):
                 return given[stream]
             return _keep_mask(like, layer_keys(stream), rate)
 
+        def fused_keep_mask(i, product):  # the mask of product i's outputs, by shape
+            if product_dropout == 0.0:
+                return None
+            if keep_masks is not None:
+                return given[2000 + i]
+            return _sized_keep_mask(product, layer_keys(2000 + i), product_dropout)
+
         x = leaf_lp
         if input_dropout > 0.0:  # marginalise whole pixels: log 1
             keep = keep_mask(x[..., 0], 1000, input_dropout)
             x = tf.where(keep[..., None], x, tf.zeros_like(x))
+        # Product dropout is part of the fused op under the soft routings (the gradient
+        # steps that drop, soft EM); the others drop between separate layers.
+        fuses_dropout = product_dropout == 0.0 or routing in ("gradient", "soft")
         for i, product in enumerate(self.products):
             if (self.fuse_products and product.scalable and product.compile_large
-                    and i < len(self.sums) and product_dropout == 0.0):
+                    and i < len(self.sums) and fuses_dropout):
                 x = product_sum(product, self.sums[i], x, log_weights[i], routing,
-                                layer_keys(i), linear_weights[i], log_min[i])
+                                layer_keys(i), linear_weights[i], log_min[i],
+                                fused_keep_mask(i, product))
                 continue
             x = product_of(product, x)
             if product_dropout > 0.0:  # drop product nodes: log 0

@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from .sums import (_stable_max, _weighted_scores, choose, factored_matmul,
+from .sums import (LOG_ZERO, _stable_max, _weighted_scores, choose, factored_matmul,
                    factored_soft_route, routing_keys, scaled_matmul, soft_signals,
                    unweighted_choice_by_child)
 
@@ -97,7 +97,7 @@ def product_of(product, x):
 
 
 def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w=None,
-                log_w_min=None):
+                log_w_min=None, keep=None):
     """``spatial_sum(product(x), log_w, routing, ...)`` for a ``product.scalable`` product.
 
     Parameters
@@ -114,6 +114,10 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
         As ``sums.routed_sum``.
     log_w_min : Tensor ``[N | 1, C_out]``, optional
         ``reduce_min(log_w, axis=1)``, if the caller has it.
+    keep : bool Tensor ``[H_out, W_out, B, C]``, optional
+        Product dropout (soft routings only): the product's outputs where it is False are
+        dropped, value 0 (log 0), as ``DGCSPN.forward_from_leaves`` drops them between
+        separate layers.
 
     Returns
     -------
@@ -129,6 +133,9 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
     # the signal this op receives for its output's s, and passes for its input's
     # (the ScaledValues convention)
     soft = routing in ("gradient", "soft")
+    if keep is not None and not soft:
+        raise ValueError(f"product dropout in a fused layer needs a soft routing, got "
+                         f"{routing!r}")
     linear_in = scaled_input and x.linear_signal
     batch = tf.shape(x.s if scaled_input else x)[2]
     keys = routing_keys(routing, keys, batch)
@@ -145,7 +152,8 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
     # needs them: the value, the soft backward pass (factored_soft_route) and unweighted
     # choices (made child by child). Max, weighted and sampled choices compare the
     # channels, and form them once, in the forward pass.
-    factored = (not scaled_input and routing in ("gradient", "soft", "hard_unweighted")
+    factored = (not scaled_input and keep is None
+                and routing in ("gradient", "soft", "hard_unweighted")
                 and _factoring_pays(product, c_out))
 
     def layer(inputs, log_w):
@@ -160,6 +168,8 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
             p, m = product.scaled(*inputs)
         if p is not None:
             p = tf.reshape(p, [n_cells, batch, c_in])
+            if keep is not None:  # dropped products are 0; so is their signal (factor p)
+                p = tf.where(tf.reshape(keep, [n_cells, batch, c_in]), p, tf.zeros_like(p))
         m = tf.reshape(m, [n_cells, batch, 1])
         lw = tf.broadcast_to(log_w, [n_cells, c_in, c_out])
         w = tf.exp(log_w) if given_w is None else given_w
@@ -173,6 +183,13 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
             else:
                 s = scaled_matmul(p, w)
             s_out, m_out = s, m
+            if keep is not None:
+                # A cell and sample whose products were all dropped has the value log 0:
+                # kept as s = 1 with m = LOG_ZERO, the separate layers' finite log 0
+                # (s = 0 would make its log and the next layer's scaling infinite).
+                dead = tf.reduce_max(s, axis=-1, keepdims=True) <= 0.0
+                s_out = tf.where(dead, tf.ones_like(s), s)
+                m_out = tf.where(dead, tf.fill(tf.shape(m), LOG_ZERO), m)
 
         def grad(g_s, g_m=None):
             del g_m  # unused: the ScaledValues gradient convention
