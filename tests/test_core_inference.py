@@ -1214,6 +1214,24 @@ def test_fused_product_dropout_equals_dropout_between_separate_layers(case, rate
     assert not np.allclose(fused[0], net.log_likelihood(xt).numpy())
 
 
+@pytest.mark.parametrize("routing", ["hard", "hard_unweighted", "max", "sample"])
+def test_fused_product_dropout_is_refused_under_hard_routings(routing):
+    """The fused op drops products under the soft routings only (the network drops between
+    separate layers otherwise): asked for more, it says so instead of routing signals to
+    dropped products."""
+    from skspn.core.product_sum import product_sum
+
+    net = build("3x3-onehot", seed=31)
+    product, layer = net.products[0], net.sums[0]
+    x = tf.zeros(tuple(product.resolved.in_shape) + (2, product.in_channels))
+    keep = tf.ones(tuple(product.out_shape) + (2, product.out_channels), tf.bool)
+    log_w = layer.log_weights()
+    with pytest.raises(ValueError, match=f"needs a soft routing, got '{routing}'"):
+        product_sum(product, layer, x, log_w, routing, keep=keep)
+    out = product_sum(product, layer, x, log_w, "gradient", keep=keep)  # allowed
+    assert tuple(out.s.shape) == tuple(product.out_shape) + (2, layer.out_channels)
+
+
 @pytest.mark.parametrize("routing", ["soft", "hard", "hard_unweighted", "max"])
 def test_fused_layer_passes_the_signal_its_input_takes(routing, monkeypatch):
     """``ScaledValues.linear_signal``: a fused layer passes its input the signal of the
