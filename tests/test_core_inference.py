@@ -78,6 +78,13 @@ def states(shape):
     return all_states(shape[0] * shape[1]).reshape(-1, *shape)
 
 
+def binary_with_evidence(shape, n_complete, n_evidence, rng):
+    """``n_complete`` random binary images of ``shape``, then ``n_evidence`` with some
+    pixels missing (``random_evidence``)."""
+    return np.concatenate([rng.integers(0, 2, size=(n_complete,) + tuple(shape)).astype(
+        np.float64), random_evidence(shape, n_evidence, rng)])
+
+
 def random_evidence(shape, n_rows, rng, min_hidden=1, min_observed=1):
     n = shape[0] * shape[1]
     rows = []
@@ -722,8 +729,7 @@ def test_log_likelihood_gradient_at_log_space_accumulators_matches_brute_force(
     ref = NumpySPN(net)
     rng = np.random.default_rng(22)
     shape = net.spatial_shape
-    x = np.concatenate([rng.integers(0, 2, size=(5,) + shape).astype(np.float64),
-                        random_evidence(shape, 3, rng)])
+    x = binary_with_evidence(shape, 5, 3, rng)
     accumulators = [layer.accumulator for layer in net.weight_layers]
     with tf.GradientTape() as tape:
         total = tf.reduce_sum(net.log_likelihood(to_tf(x)))
@@ -781,8 +787,7 @@ def test_epoch_em_normalises_once_per_pass_and_counts_as_each_step_would(learnin
     normalise, calls = learner._normalised_weights, []
     learner._normalised_weights = lambda: calls.append(1) or normalise()
     rng = np.random.default_rng(42)
-    batches = [np.concatenate([rng.integers(0, 2, size=(3, 2, 3)).astype(np.float64),
-                               random_evidence((2, 3), 2, rng)]) for _ in range(3)]
+    batches = [binary_with_evidence((2, 3), 3, 2, rng) for _ in range(3)]
     weight = np.ones(5, np.float32)
     for epoch in range(2):
         pending = None
@@ -872,8 +877,7 @@ def test_em_counts_with_sample_weights(routing):
     net = em_net("1x3-depthwise-stride2-classes", seed=23)
     ref = NumpySPN(net)
     rng = np.random.default_rng(24)
-    x = np.concatenate([rng.integers(0, 2, size=(4, 1, 3)).astype(np.float64),
-                        random_evidence((1, 3), 2, rng)])
+    x = binary_with_evidence((1, 3), 4, 2, rng)
     weight = np.array([0.0, 1.0, 2.5, 0.5, 3.0, 1.0])
     counts, _ = net.em_counts(to_tf(x), routing, tf.constant([1, 1], tf.int64),
                               tf.constant(weight, tf.float32))
@@ -1187,8 +1191,7 @@ def test_fused_product_dropout_equals_dropout_between_separate_layers(case, rate
     net = build(case, seed=31)
     rng = np.random.default_rng(33)
     shape = net.spatial_shape
-    x = np.concatenate([rng.integers(0, 2, size=(6,) + shape).astype(np.float64),
-                        random_evidence(shape, 3, rng)])
+    x = binary_with_evidence(shape, 6, 3, rng)
     xt, seed = to_tf(x), tf.constant([5, 8], tf.int64)
     index = tf.range(len(x))
 
@@ -1287,8 +1290,7 @@ def test_top_sum_routes_alike_compiled(case, monkeypatch):
     def queries():
         net = build(case, seed=34)
         shape = net.spatial_shape
-        x = np.concatenate([rng.integers(0, 2, size=(5,) + shape).astype(np.float64),
-                            random_evidence(shape, 4, rng)])
+        x = binary_with_evidence(shape, 5, 4, rng)
         xt, seed = to_tf(x), tf.constant([5, 6], tf.int64)
         out = {}
         for routing in ("max", "sample"):
@@ -1363,8 +1365,7 @@ def test_queries_answer_with_the_normalised_weights_given(case, fuse, jit, monke
             layer.accumulator.assign(layer.accumulator * weight_scale)
     rng = np.random.default_rng(33)
     shape = net.spatial_shape
-    x = np.concatenate([rng.integers(0, 2, size=(4,) + shape).astype(np.float64),
-                        random_evidence(shape, 4, rng)])
+    x = binary_with_evidence(shape, 4, 4, rng)
     xt, seed = to_tf(x), tf.constant([5, 6], tf.int64)
     index = tf.range(len(x))
 
@@ -1773,8 +1774,7 @@ def test_gradient_step_is_adam_on_the_weighted_mean_loss(objective, where, reque
     learner.optimizer.epsilon = 0.5
     rng = np.random.default_rng(31)
     shape = net.spatial_shape
-    x = np.concatenate([rng.integers(0, 2, size=(3,) + shape).astype(np.float64),
-                        random_evidence(shape, 3, rng)])
+    x = binary_with_evidence(shape, 3, 3, rng)
     weight = rng.uniform(0.2, 3.0, size=len(x)).astype(np.float32)
     y = rng.integers(0, 2, size=len(x)).astype(np.int32)
 
