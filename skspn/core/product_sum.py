@@ -169,7 +169,7 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
         if p is not None:
             p = tf.reshape(p, [n_cells, batch, c_in])
             if keep is not None:  # dropped products are 0; so is their signal (factor p)
-                p = tf.where(tf.reshape(keep, [n_cells, batch, c_in]), p, tf.zeros_like(p))
+                p = tf.where(tf.reshape(keep, [n_cells, batch, c_in]), p, 0.0)
         m = tf.reshape(m, [n_cells, batch, 1])
         lw = tf.broadcast_to(log_w, [n_cells, c_in, c_out])
         w = tf.exp(log_w) if given_w is None else given_w
@@ -188,8 +188,8 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
                 # kept as s = 1 with m = LOG_ZERO, the separate layers' finite log 0
                 # (s = 0 would make its log and the next layer's scaling infinite).
                 dead = tf.reduce_max(s, axis=-1, keepdims=True) <= 0.0
-                s_out = tf.where(dead, tf.ones_like(s), s)
-                m_out = tf.where(dead, tf.fill(tf.shape(m), LOG_ZERO), m)
+                s_out = tf.where(dead, 1.0, s)
+                m_out = tf.where(dead, LOG_ZERO, m)
 
         def grad(g_s, g_m=None):
             del g_m  # unused: the ScaledValues gradient convention
