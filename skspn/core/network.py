@@ -30,7 +30,7 @@ from .leaves import Leaf
 from .product_sum import product_of, product_sum, to_log_values
 from .products import XLA_MIN_PIXELS, Product, product_channels, tracing_for_xla
 from .scopes import ProductSpec, resolve
-from .sums import LOG_ZERO, READS_LOG_WEIGHTS, SpatialSum, routed_sum
+from .sums import LOG_ZERO, READS_LOG_WEIGHTS, SOFT_ROUTINGS, SpatialSum, routed_sum
 
 #: Salt of the leaf draws of ``complete(method='sample')``; the layers' streams are their
 #: index, 500 / 501 (top sums), 1000 (input dropout) and 2000 + index (product dropout).
@@ -311,35 +311,34 @@ class DGCSPN(tf.Module):
             given = {stream: mask for (stream, _, _), mask in
                      zip(self.dropout_plan(product_dropout, input_dropout), keep_masks)}
 
-        def keep_mask(like, stream, rate):  # like [H, W, B, ...]: samples on axis 2
+        def keep_mask(stream, rate, like=None, product=None):
+            """The keep mask of ``stream``: given, or made for ``like`` ``[H, W, B, ...]``
+            (samples on axis 2), or for ``product``'s outputs by their shape (a fused
+            layer never writes them)."""
             if keep_masks is not None:
                 return given[stream]
+            if like is None:
+                return _sized_keep_mask(product, layer_keys(stream), rate)
             return _keep_mask(like, layer_keys(stream), rate)
-
-        def fused_keep_mask(i, product):  # the mask of product i's outputs, by shape
-            if product_dropout == 0.0:
-                return None
-            if keep_masks is not None:
-                return given[2000 + i]
-            return _sized_keep_mask(product, layer_keys(2000 + i), product_dropout)
 
         x = leaf_lp
         if input_dropout > 0.0:  # marginalise whole pixels: log 1
-            keep = keep_mask(x[..., 0], 1000, input_dropout)
+            keep = keep_mask(1000, input_dropout, like=x[..., 0])
             x = tf.where(keep[..., None], x, tf.zeros_like(x))
         # Product dropout is part of the fused op under the soft routings (the gradient
         # steps that drop, soft EM); the others drop between separate layers.
-        fuses_dropout = product_dropout == 0.0 or routing in ("gradient", "soft")
+        fuses_dropout = product_dropout == 0.0 or routing in SOFT_ROUTINGS
         for i, product in enumerate(self.products):
             if (self.fuse_products and product.scalable and product.compile_large
                     and i < len(self.sums) and fuses_dropout):
+                keep = (keep_mask(2000 + i, product_dropout, product=product)
+                        if product_dropout > 0.0 else None)
                 x = product_sum(product, self.sums[i], x, log_weights[i], routing,
-                                layer_keys(i), linear_weights[i], log_min[i],
-                                fused_keep_mask(i, product))
+                                layer_keys(i), linear_weights[i], log_min[i], keep)
                 continue
             x = product_of(product, x)
             if product_dropout > 0.0:  # drop product nodes: log 0
-                keep = keep_mask(x, 2000 + i, product_dropout)
+                keep = keep_mask(2000 + i, product_dropout, like=x)
                 x = tf.where(keep, x, tf.fill(tf.shape(x), LOG_ZERO))
             if i < len(self.sums):
                 # Unweighted choices child by child where the fused op makes them (large

@@ -33,9 +33,9 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from .sums import (LOG_ZERO, _stable_max, _weighted_scores, choose, factored_matmul,
-                   factored_soft_route, routing_keys, scaled_matmul, soft_signals,
-                   unweighted_choice_by_child)
+from .sums import (LOG_ZERO, SOFT_ROUTINGS, _stable_max, _weighted_scores, choose,
+                   factored_matmul, factored_soft_route, routing_keys, scaled_matmul,
+                   soft_signals, unweighted_choice_by_child)
 
 
 class ScaledValues(NamedTuple):
@@ -132,7 +132,7 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
     scaled_input = isinstance(x, ScaledValues)
     # the signal this op receives for its output's s, and passes for its input's
     # (the ScaledValues convention)
-    soft = routing in ("gradient", "soft")
+    soft = routing in SOFT_ROUTINGS
     if keep is not None and not soft:
         raise ValueError(f"product dropout in a fused layer needs a soft routing, got "
                          f"{routing!r}")
@@ -153,7 +153,7 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
     # choices (made child by child). Max, weighted and sampled choices compare the
     # channels, and form them once, in the forward pass.
     factored = (not scaled_input and keep is None
-                and routing in ("gradient", "soft", "hard_unweighted")
+                and (soft or routing == "hard_unweighted")
                 and _factoring_pays(product, c_out))
 
     def layer(inputs, log_w):

@@ -40,6 +40,10 @@ from . import keyed_random
 
 ROUTINGS = ("gradient", "soft", "hard", "hard_unweighted", "sample", "max")
 
+#: The routings whose backward pass is the true gradient (Adam, soft EM, imputation): the
+#: signal is split by the posteriors, nothing is chosen or drawn.
+SOFT_ROUTINGS = frozenset({"gradient", "soft"})
+
 #: The routings whose values or choices read the log-weights (weighted choices and draws,
 #: the max-product pass). The others read only the linear weights (given, or the
 #: exponential of the log-weights): for them the tensor given as log-weights is only what
@@ -328,7 +332,7 @@ def routed_sum(x, log_w, routing="gradient", keys=None, w=None, combinations=Non
     Tensor ``[N, B, C_out]``
     """
     keys = routing_keys(routing, keys, tf.shape(x)[1])
-    if routing in ("gradient", "soft"):
+    if routing in SOFT_ROUTINGS:
         return log_matmul_exp(x, log_w, w)
     shared = log_w.shape[0] == 1 and x.shape[0] != 1
 
@@ -358,7 +362,7 @@ def routing_keys(routing, keys, batch):
     draws nothing)."""
     if routing not in ROUTINGS:
         raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
-    if keys is None and routing not in ("gradient", "soft"):
+    if keys is None and routing not in SOFT_ROUTINGS:
         keys = keyed_random.sample_keys(tf.constant([0, 0], tf.int64), tf.range(batch))
     return keys
 
