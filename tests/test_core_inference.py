@@ -1248,8 +1248,7 @@ def test_fused_layer_passes_the_signal_its_input_takes(routing, monkeypatch):
     monkeypatch.setattr(products, "XLA_MIN_CELLS", 0)
     net = build("2x3-onehot-maxdepth", seed=31)
     rng = np.random.default_rng(35)
-    x = to_tf(np.concatenate([rng.integers(0, 2, size=(4,) + net.spatial_shape),
-                              random_evidence(net.spatial_shape, 3, rng)]))
+    x = to_tf(binary_with_evidence(net.spatial_shape, 4, 3, rng))
     weights = net.normalised_weights()
     below = product_sum(net.products[0], net.sums[0], net.leaf_log_prob(x), weights.log[0],
                         "soft", w=weights.linear[0])
