@@ -1449,8 +1449,9 @@ def test_blocked_children_equal_strided_slices(kernel, strides, dilations, paddi
 
 
 # Depthwise unit-stride products are taken one axis after the other, run by run, without a
-# padded copy of the input (``Product._along_axes``); the reference is the sum / product of
-# the shifted slices of the padded input, and the transpose of their sum.
+# padded copy of the input (``Product._along_axes``), or, in a layer's own XLA-compiled
+# functions, over both axes in one pass (``Product._windowed``); the reference is the sum /
+# product of the shifted slices of the padded input, and the transpose of their sum.
 @pytest.mark.parametrize("kernel, dilations, padding, crop", [
     ((2, 2), (16, 16), "full", None),        # the inpainting nets' layers
     ((2, 2), (4, 2), "full", ((1, 6), (0, 9))),  # a crop of the output cells
@@ -1461,6 +1462,7 @@ def test_blocked_children_equal_strided_slices(kernel, strides, dilations, paddi
 ])
 def test_products_along_axes_equal_shifted_slices(kernel, dilations, padding, crop,
                                                   monkeypatch):
+    from skspn.core import products
     from skspn.core.products import Product
 
     shape = (8, 9) if kernel != (2, 2) or dilations[0] < 16 else (28, 28)
@@ -1478,15 +1480,25 @@ def test_products_along_axes_equal_shifted_slices(kernel, dilations, padding, cr
         return [product._forward(x), *product._scaled_linear_impl(s, m),
                 product.transpose([g] * len(product.offsets))]
 
+    one_pass_calls = []
+    windowed = Product._windowed
+    monkeypatch.setattr(Product, "_windowed", lambda self, *args, **kwargs: (
+        one_pass_calls.append(kwargs.get("scale") is not None)
+        or windowed(self, *args, **kwargs)))
     along = [t.numpy() for t in run()]
     compiled = [t.numpy() for t in tf.function(run, jit_compile=True, autograph=False)()]
+    assert not one_pass_calls  # neither TensorFlow's kernels nor another XLA function
+    one_pass = [t.numpy() for t in products._xla_function(run)()]
+    # the log-values' sum, and the scaled values' product with its maxima
+    assert sorted(one_pass_calls) == [False, False, True]
     monkeypatch.setattr(Product, "_separable", lambda self: False)
     sliced = [t.numpy() for t in run()]
     assert [a.shape for a in along] == [out_shape + (2, 3), out_shape + (2, 3),
                                         out_shape + (2, 1), shape + (2, 3)]
-    for a, b, c in zip(along, sliced, compiled):
+    for a, b, c, d in zip(along, sliced, compiled, one_pass):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(c, b, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(d, b, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("tiny, multiplies", [
