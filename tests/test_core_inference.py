@@ -1149,8 +1149,14 @@ def test_fused_product_sum_equals_separate_layers(case, monkeypatch):
     # compare values equal up to rounding, which the two formulations round differently.
     observed = to_tf(x[:-1])
 
+    summed = []  # the value-only pass: depthwise products on fused layers, with their sum
+    summed_from = products.Product.summed_from
+    monkeypatch.setattr(products.Product, "summed_from",
+                        lambda self, *a: summed.append(self) or summed_from(self, *a))
+
     def queries():
-        out = {"ll": net.log_likelihood(xt), "max": net.forward(xt, routing="max")[1]}
+        out = {"ll": net.log_likelihood(xt), "max": net.forward(xt, routing="max")[1],
+               "ll_value_only": net.log_likelihood(xt, forward_only=True)}
         for routing in ("soft", "max", "sample"):
             out["leaf_" + routing] = net.leaf_signal(xt, routing, seed)[0]
         for routing in ("soft", "hard", "hard_unweighted"):
@@ -1159,6 +1165,10 @@ def test_fused_product_sum_equals_separate_layers(case, monkeypatch):
         return {k: v.numpy() for k, v in out.items()}
 
     fused = queries()
+    depthwise_on_fused = [p for i, p in enumerate(net.products[1:len(net.sums)], 1)
+                          if p.scalable and p.mode == "depthwise" and net.products[i - 1].scalable]
+    assert set(summed) == set(depthwise_on_fused)
+    assert bool(summed) == bool(multiplies())  # every case that multiplies values
     net.fuse_products = False
     separate = queries()
     for key, value in fused.items():
@@ -1172,6 +1182,30 @@ def test_fused_product_sum_equals_separate_layers(case, monkeypatch):
             np.testing.assert_allclose(value.sum(), separate[key].sum(), rtol=1e-6, err_msg=key)
         else:  # hard choices: identical (no near-ties with generic weights)
             np.testing.assert_array_equal(value, separate[key], err_msg=key)
+
+
+def test_value_only_queries_match_and_refuse_a_gradient(monkeypatch):
+    """The compiled queries take the value-only pass (``forward_only``): the same
+    log-likelihoods as the differentiable pass; differentiating a value-only pass is a
+    clear error, not a wrong gradient."""
+    from skspn.core import products
+
+    monkeypatch.setattr(products, "XLA_MIN_PIXELS", 0)
+    monkeypatch.setattr(products, "XLA_MIN_CELLS", 0)
+    net = build("2x3-onehot-maxdepth", seed=31)
+    summed = []
+    summed_from = products.Product.summed_from
+    monkeypatch.setattr(products.Product, "summed_from",
+                        lambda self, *a: summed.append(self) or summed_from(self, *a))
+    x = to_tf(binary_with_evidence(net.spatial_shape, 4, 3, np.random.default_rng(3)))
+    query = CompiledOps(net).log_likelihood(x).numpy()
+    assert summed
+    np.testing.assert_allclose(query, net.log_likelihood(x).numpy(), rtol=1e-5, atol=1e-5)
+    accumulators = [layer.accumulator for layer in net.weight_layers]
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(net.log_likelihood(x, forward_only=True))
+    with pytest.raises(ValueError, match="forward_only=True"):
+        tape.gradient(total, accumulators)
 
 
 @pytest.mark.parametrize("rate", [0.3, 0.6])
@@ -1544,6 +1578,15 @@ def test_scaled_from_multiplies_only_where_the_product_cannot_underflow(tiny, mu
     assert np.all(p <= 1 + 1e-6) and np.allclose(p_log.max(axis=-1), 1)  # up to rounding
     taken = p_lin if multiplies else p_log
     np.testing.assert_array_equal(p, taken)  # the path taken, bit for bit
+    # With the sum after the product in the same (compiled) pass, for the value-only
+    # queries: the same rule, and the path taken's p contracted with the weights (up to
+    # the compiled pass's rounding; the other path's p differs in the third digit).
+    n_out = int(np.prod(product.out_shape))
+    w = tf.constant(rng.dirichlet(np.ones(3), size=(n_out, 4)).transpose(0, 2, 1), tf.float32)
+    s_sum, m_sum = (t.numpy() for t in product.summed_from(s, m, floor, w))
+    np.testing.assert_allclose(m_sum, m_out, rtol=1e-6, atol=1e-6)
+    expect = np.einsum("nbi,nio->nbo", taken.reshape(n_out, 2, 3), w.numpy())
+    np.testing.assert_allclose(s_sum, expect, rtol=1e-5, atol=1e-30)
     # The same rule where the product's log-values are wanted (a last product, no sum).
     from_logs = product._forward_from_logs(s, m).numpy()
     multiplied = product._forward_multiplied(s, m).numpy()

@@ -388,11 +388,14 @@ class CompiledOps:
         img, weights = _image_spec(network), network.weight_specs()
         self._normalised_weights = _compiled(network.normalised_weights, [], jit_compile,
                                              network)
-        self._log_likelihood = _compiled(network.log_likelihood, [img, weights], jit_compile,
-                                         network)
+        # values only: no query differentiates them (product_sum's forward_only)
+        self._log_likelihood = _compiled(
+            functools.partial(network.log_likelihood, forward_only=True), [img, weights],
+            jit_compile, network)
         if network.n_classes:
-            self._joint_log_likelihood = _compiled(network.joint_log_likelihood,
-                                                   [img, weights], jit_compile, network)
+            self._joint_log_likelihood = _compiled(
+                functools.partial(network.joint_log_likelihood, forward_only=True),
+                [img, weights], jit_compile, network)
         index = tf.TensorSpec([None], tf.int32)
         self._complete = {
             m: _compiled(lambda x, seed, sample_index, weights, m=m: network.complete(

@@ -266,7 +266,7 @@ class DGCSPN(tf.Module):
 
     def forward_from_leaves(self, leaf_lp, log_weights=None, routing="gradient", seed=None,
                             product_dropout=0.0, input_dropout=0.0, sample_index=None,
-                            keep_masks=None, given_weights=None):
+                            keep_masks=None, given_weights=None, forward_only=False):
         """Run the stack from leaf log-probs ``[H, W, B, K]``.
 
         Random draws (dropout masks, tie-breaking, sampling) are keyed by ``seed`` and
@@ -278,7 +278,8 @@ class DGCSPN(tf.Module):
         the accumulators (``normalised_weights``), differentiably. Under routings that
         read no log-weights (``sums.READS_LOG_WEIGHTS``) the log entries only carry the
         gradients (the counts), so any tensors of their shapes will do (``em_counts``
-        passes the linear weights).
+        passes the linear weights). ``forward_only``: the values only, without a backward
+        pass (queries; see ``product_sum``).
 
         Returns
         -------
@@ -334,7 +335,8 @@ class DGCSPN(tf.Module):
                 keep = (keep_mask(2000 + i, product_dropout, product=product)
                         if product_dropout > 0.0 else None)
                 x = product_sum(product, self.sums[i], x, log_weights[i], routing,
-                                layer_keys(i), linear_weights[i], log_min[i], keep)
+                                layer_keys(i), linear_weights[i], log_min[i], keep,
+                                forward_only)
                 continue
             x = product_of(product, x)
             if product_dropout > 0.0:  # drop product nodes: log 0
@@ -390,20 +392,22 @@ class DGCSPN(tf.Module):
                 for stream, shape, rate in self.dropout_plan(product_dropout, input_dropout)]
 
     def forward(self, x, routing="gradient", seed=None, product_dropout=0.0, input_dropout=0.0,
-                sample_index=None, keep_masks=None, weights=None):
+                sample_index=None, keep_masks=None, weights=None, forward_only=False):
         return self.forward_from_leaves(self.leaf_log_prob(x), None, routing, seed,
                                         product_dropout, input_dropout, sample_index,
-                                        keep_masks, weights)
+                                        keep_masks, weights, forward_only)
 
     # ------------------------------------------------------------------ queries
     # ``weights``: the ``NormalisedWeights`` to use (default: formed from the accumulators).
-    def log_likelihood(self, x, weights=None):
-        """``log p(x)`` ``[B]``, missing (NaN) values marginalised."""
-        return self.forward(x, weights=weights)[1]
+    def log_likelihood(self, x, weights=None, forward_only=False):
+        """``log p(x)`` ``[B]``, missing (NaN) values marginalised. ``forward_only``: a
+        value that will not be differentiated (a query; see ``product_sum``)."""
+        return self.forward(x, weights=weights, forward_only=forward_only)[1]
 
-    def joint_log_likelihood(self, x, weights=None):
-        """``log p(x, y=k)`` ``[B, n_classes]`` (classifier networks)."""
-        top, _ = self.forward(x, weights=weights)
+    def joint_log_likelihood(self, x, weights=None, forward_only=False):
+        """``log p(x, y=k)`` ``[B, n_classes]`` (classifier networks); ``forward_only`` as
+        ``log_likelihood``."""
+        top, _ = self.forward(x, weights=weights, forward_only=forward_only)
         return self.joint_from_top(top, weights)
 
     def joint_from_top(self, top, weights=None):

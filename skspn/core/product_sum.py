@@ -97,7 +97,7 @@ def product_of(product, x):
 
 
 def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w=None,
-                log_w_min=None, keep=None):
+                log_w_min=None, keep=None, forward_only=False):
     """``spatial_sum(product(x), log_w, routing, ...)`` for a ``product.scalable`` product.
 
     Parameters
@@ -118,6 +118,10 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
         Product dropout (soft routings only): the product's outputs where it is False are
         dropped, value 0 (log 0), as ``DGCSPN.forward_from_leaves`` drops them between
         separate layers.
+    forward_only : bool
+        The value only (queries): a depthwise product from a fused layer below then
+        reaches the sum in one compiled pass that never writes its outputs
+        (``Product.summed_from``); differentiating such a value is an error.
 
     Returns
     -------
@@ -146,6 +150,11 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
     log_floor = tf.stop_gradient(
         tf.reduce_min(log_w, axis=1) if log_w_min is None else log_w_min)
     log_floor = tf.reshape(log_floor, [1, 1, 1, c_out] if shared else [h_out, w_out, 1, c_out])
+    if (forward_only and soft and scaled_input and keep is None and product.mode == "depthwise"
+            and product.compile_large):
+        s_out, m_out = _value_only(product, x, tf.exp(log_w) if w is None else w)
+        return ScaledValues(tf.reshape(s_out, [h_out, w_out, batch, c_out]), m_out, log_floor,
+                            linear_signal=soft)
     given_w = w
     # A one-hot product of all combinations reaches the sum as two factors
     # (sums.factored_matmul), so its C ** n channels are never written, where no pass
@@ -242,6 +251,18 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
         op = tf.custom_gradient(lambda x, log_w: layer((x,), log_w))
         s_out, m_out = op(x, log_w)
     return ScaledValues(s_out, m_out, log_floor, linear_signal=soft)
+
+
+def _value_only(product, x, w):
+    """``product.summed_from`` of ``ScaledValues`` ``x``, with a gradient that refuses."""
+    @tf.custom_gradient
+    def op(s, m, w):
+        def grad(*_):
+            raise ValueError("product_sum(forward_only=True) computes a value without a "
+                             "backward pass; differentiate a pass with forward_only=False")
+        return product.summed_from(s, m, x.log_floor, w), grad
+
+    return op(x.s, x.m, w)
 
 
 def _factoring_pays(product, c_out):

@@ -195,6 +195,15 @@ def _combine_window(x, bases, out_shape, combine, fill, scale=None):
     return blocks[0] if len(blocks) == 1 else tf.concat(blocks, 0)
 
 
+def _contracted(p, w):
+    """``p @ w`` per cell as a reduction (``p`` ``[H, W, B, C_in]``, ``w`` ``[N | 1, C_in,
+    C_out]``, ``N = H * W``), which XLA fuses with the pass that forms ``p``
+    (``Product.summed_from``). Returns ``[N, B, C_out]``."""
+    h, w_cells, c_in = p.shape[0], p.shape[1], p.shape[3]
+    p = tf.reshape(p, tf.concat([[h * w_cells], tf.shape(p)[2:3], [c_in, 1]], 0))
+    return tf.reduce_sum(p * w[:, None], axis=2)
+
+
 def _normalised(s, m):
     """``log(s) + m`` as ``(s / max(s), m + log(max(s)))``, the maximum over the channels
     of each cell and sample. One reciprocal per (cell, sample) and a multiply per value: a
@@ -252,6 +261,8 @@ class Product(tf.Module):
         self._scaled_log_fn = _xla_function(self._scaled_log_impl)
         self._forward_from_logs_fn = _xla_function(self._forward_from_logs)
         self._forward_multiplied_fn = _xla_function(self._forward_multiplied)
+        self._summed_linear_fn = _xla_function(self._summed_linear)
+        self._summed_log_fn = _xla_function(self._summed_log)
         self._backward_fn = _xla_function(self._backward)
         self._value_floor_fn = _xla_function(self._value_floor)
         self._factored_backward_fn = _xla_function(self._factored_backward)
@@ -448,6 +459,36 @@ class Product(tf.Module):
             multiplied, from_logs = self._scaled_linear_impl, self._scaled_log_impl
         return self._multiplied_where_safe(self.mode == "depthwise", multiplied, from_logs,
                                            s, m, log_floor, self.compile_large)
+
+    def summed_from(self, s, m, log_floor, w):
+        """``scaled_from`` followed by the sum after the product, ``p @ w`` per cell, in one
+        compiled pass that never writes ``p``: ``(s_out [H_out * W_out, B, C_out], m)``
+        for weights ``w`` ``[N | 1, C_in, C_out]``. For a value without a backward pass
+        (``product_sum``'s ``forward_only``): a backward pass needs ``p``.
+
+        XLA takes the contraction as a reduction over the channels and fuses the product
+        into it; the matmul (TensorFlow's batched GEMM) needs ``p`` written first. The
+        Olivetti net's d=32 layer with its sum (``[95, 95, 64, 16]`` -> ``[127, 127, 64,
+        16]``, CPU): 26-29 ms as the product's pass and a matmul, 15-17 ms this way; its
+        d=2 layer 6-7 against 6 ms (one-off timings; benchmarks/README.md). Only for
+        large layers (``compile_large``).
+        """
+        def multiplied(s, m):
+            return self._summed_linear_fn(s, m, w)
+
+        def from_logs(s, m):
+            return self._summed_log_fn(s, m, w)
+
+        return self._multiplied_where_safe(self.mode == "depthwise", multiplied, from_logs,
+                                           s, m, log_floor, True)
+
+    def _summed_linear(self, s, m, w):
+        p, m = self._scaled_linear_impl(s, m)
+        return _contracted(p, w), m
+
+    def _summed_log(self, s, m, w):
+        p, m = self._scaled_log_impl(s, m)
+        return _contracted(p, w), m
 
     def _multiplied_where_safe(self, can_multiply, multiplied, from_logs, s, m, log_floor,
                                compiled):
