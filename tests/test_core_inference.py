@@ -1206,6 +1206,16 @@ def test_value_only_queries_match_and_refuse_a_gradient(monkeypatch):
         total = tf.reduce_sum(net.log_likelihood(x, forward_only=True))
     with pytest.raises(ValueError, match="forward_only=True"):
         tape.gradient(total, accumulators)
+    # Sums over more channels than SUMMED_MAX_IN_CHANNELS keep the product's pass and a
+    # matmul (the one-pass reduction is far slower there).
+    from skspn.core import product_sum
+
+    channels = {layer.in_channels for layer in net.sums[1:]}
+    monkeypatch.setattr(product_sum, "SUMMED_MAX_IN_CHANNELS", min(channels) - 1)
+    del summed[:]
+    np.testing.assert_allclose(CompiledOps(net).log_likelihood(x).numpy(), query, rtol=1e-5,
+                               atol=1e-5)
+    assert not summed
 
 
 @pytest.mark.parametrize("rate", [0.3, 0.6])

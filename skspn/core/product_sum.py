@@ -38,6 +38,17 @@ from .sums import (LOG_ZERO, SOFT_ROUTINGS, _stable_max, _weighted_scores, choos
                    soft_signals, unweighted_choice_by_child)
 
 
+#: ``product_sum(forward_only=True)`` takes a depthwise product and its sum in one pass
+#: (``Product.summed_from``) for sums over at most this many channels per cell. XLA's
+#: fused reduction forms each product once per output channel and its time grows steeply
+#: with the reduced channels: a d=8 layer of the Olivetti net with its sum, batch 64
+#: (CPU, one-off), 16 -> 16 channels 11.8-13.0 ms as the product's pass and a matmul
+#: against 8.2-8.3 ms in one pass, 16 -> 128 32.0-32.6 against 25.2-25.6, but 24 -> 16
+#: 14.7-18.0 against 21.7-22.3, 32 -> 32 20-21 against 66-67, 64 -> 64 46-47 against
+#: 920-960 (the MNIST classifier's sums: its forward pass 11x slower).
+SUMMED_MAX_IN_CHANNELS = 16
+
+
 class ScaledValues(NamedTuple):
     """A fused layer's output, the log-values ``log(s) + m``, kept in two parts.
 
@@ -151,7 +162,7 @@ def product_sum(product, spatial_sum, x, log_w, routing="gradient", keys=None, w
         tf.reduce_min(log_w, axis=1) if log_w_min is None else log_w_min)
     log_floor = tf.reshape(log_floor, [1, 1, 1, c_out] if shared else [h_out, w_out, 1, c_out])
     if (forward_only and soft and scaled_input and keep is None and product.mode == "depthwise"
-            and product.compile_large):
+            and product.compile_large and c_in <= SUMMED_MAX_IN_CHANNELS):
         s_out, m_out = _value_only(product, x, tf.exp(log_w) if w is None else w)
         return ScaledValues(tf.reshape(s_out, [h_out, w_out, batch, c_out]), m_out, log_floor,
                             linear_signal=soft)
