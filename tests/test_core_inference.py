@@ -1593,10 +1593,12 @@ def test_scaled_from_multiplies_only_where_the_product_cannot_underflow(tiny, mu
     # the compiled pass's rounding; the other path's p differs in the third digit).
     n_out = int(np.prod(product.out_shape))
     w = tf.constant(rng.dirichlet(np.ones(3), size=(n_out, 4)).transpose(0, 2, 1), tf.float32)
-    s_sum, m_sum = (t.numpy() for t in product.summed_from(s, m, floor, w))
-    np.testing.assert_allclose(m_sum, m_out, rtol=1e-6, atol=1e-6)
-    expect = np.einsum("nbi,nio->nbo", taken.reshape(n_out, 2, 3), w.numpy())
-    np.testing.assert_allclose(s_sum, expect, rtol=1e-5, atol=1e-30)
+    for weights in (w, w[:1]):  # one matrix per cell, or one shared by all cells
+        s_sum, m_sum = (t.numpy() for t in product.summed_from(s, m, floor, weights))
+        np.testing.assert_allclose(m_sum, m_out, rtol=1e-6, atol=1e-6)
+        expect = np.einsum("nbi,nio->nbo", taken.reshape(n_out, 2, 3),
+                           np.broadcast_to(weights.numpy(), w.shape))
+        np.testing.assert_allclose(s_sum, expect, rtol=1e-5, atol=1e-30)
     # The same rule where the product's log-values are wanted (a last product, no sum).
     from_logs = product._forward_from_logs(s, m).numpy()
     multiplied = product._forward_multiplied(s, m).numpy()
