@@ -462,9 +462,10 @@ class Product(tf.Module):
 
     def summed_from(self, s, m, log_floor, w):
         """``scaled_from`` followed by the sum after the product, ``p @ w`` per cell, in one
-        compiled pass that never writes ``p``: ``(s_out [H_out * W_out, B, C_out], m)``
-        for weights ``w`` ``[N | 1, C_in, C_out]``. For a value without a backward pass
-        (``product_sum``'s ``forward_only``): a backward pass needs ``p``.
+        compiled pass that never writes ``p``: ``(s_out [H_out * W_out, B, C_out], m
+        [H_out, W_out, B, 1])`` for weights ``w`` ``[N | 1, C_in, C_out]``. For a value
+        without a backward pass (``product_sum``'s ``forward_only``): a backward pass
+        needs ``p``.
 
         XLA takes the contraction as a reduction over the channels and fuses the product
         into it; the matmul (TensorFlow's batched GEMM) needs ``p`` written first. The
