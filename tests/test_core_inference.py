@@ -1083,6 +1083,17 @@ def test_xla_training_step_with_dropout_equals_the_plain_step():
 
 # --------------------------------------------------------------------------- 9. fused layers
 
+def products_summed_in_one_pass(monkeypatch):
+    """A list that receives each product whose ``summed_from`` (a depthwise product and its
+    sum in one pass, the value-only queries) runs, while the test runs."""
+    from skspn.core.products import Product
+
+    summed, summed_from = [], Product.summed_from
+    monkeypatch.setattr(Product, "summed_from",
+                        lambda self, *a: summed.append(self) or summed_from(self, *a))
+    return summed
+
+
 FUSED_CASES = {
     "3x3-onehot": {},  # one-hot first product, depthwise after: shifted-window transposes
     "1x5-onehot-stride2": {},  # interleave backward
@@ -1149,10 +1160,8 @@ def test_fused_product_sum_equals_separate_layers(case, monkeypatch):
     # compare values equal up to rounding, which the two formulations round differently.
     observed = to_tf(x[:-1])
 
-    summed = []  # the value-only pass: depthwise products on fused layers, with their sum
-    summed_from = products.Product.summed_from
-    monkeypatch.setattr(products.Product, "summed_from",
-                        lambda self, *a: summed.append(self) or summed_from(self, *a))
+    # the value-only pass: depthwise products on fused layers, with their sum
+    summed = products_summed_in_one_pass(monkeypatch)
 
     def queries():
         out = {"ll": net.log_likelihood(xt), "max": net.forward(xt, routing="max")[1],
@@ -1193,10 +1202,7 @@ def test_value_only_queries_match_and_refuse_a_gradient(monkeypatch):
     monkeypatch.setattr(products, "XLA_MIN_PIXELS", 0)
     monkeypatch.setattr(products, "XLA_MIN_CELLS", 0)
     net = build("2x3-onehot-maxdepth", seed=31)
-    summed = []
-    summed_from = products.Product.summed_from
-    monkeypatch.setattr(products.Product, "summed_from",
-                        lambda self, *a: summed.append(self) or summed_from(self, *a))
+    summed = products_summed_in_one_pass(monkeypatch)
     x = to_tf(binary_with_evidence(net.spatial_shape, 4, 3, np.random.default_rng(3)))
     query = CompiledOps(net).log_likelihood(x).numpy()
     assert summed
