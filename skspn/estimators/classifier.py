@@ -101,10 +101,10 @@ class DGCSPNClassifier(ClassifierMixin, BaseDGCSPN):
         classifier the Adam step ran 1.1-1.6x faster on two CPUs (batch 64-512,
         ``benchmarks/README.md``), but its first call took 7-9 s instead of 2-6 s on one
         and 2.7-3.6 s instead of 0.8-2.0 s on the other: worth it for long fits, not for
-        small ones. Since the layers of images of 256 pixels or more are compiled by XLA
-        either way, a later run on a third CPU took about as long to compile with it as
-        without (the MNIST classifier's Adam step at batch 64: 6.5 against 7.4 s), and
-        ran that step 1.3-1.5x faster. Not available under a ``tf.distribute`` strategy.
+        small ones. Since the large layers of images of 256 pixels or more are compiled
+        by XLA either way, a later run on a third CPU took about as long to compile with
+        it as without (the MNIST classifier's Adam step at batch 64: 6.5 against 7.4 s)
+        and ran that step 1.3-1.5x faster. Not available under a ``tf.distribute`` strategy.
 
     Attributes
     ----------
