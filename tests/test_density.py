@@ -83,6 +83,17 @@ def test_all_missing_row(fitted_density):
     assert out.min() > -2 and out.max() < 18
 
 
+def test_far_outliers_saturate_at_a_finite_log_density(fitted_density, digits_split):
+    # One entry far out (either side, up to float32's largest value after scaling): the
+    # float32 network caps its distance at 1e13 leaf widths (the docstring's -5e25).
+    X = np.repeat(digits_split[1][:1], 3, axis=0).astype(np.float64)
+    X[:, 5] = [1e30, 3e38, -1e30]
+    scores = fitted_density.score_samples(X)
+    assert np.isfinite(scores).all()
+    assert scores[0] == scores[1] == scores[2]
+    np.testing.assert_allclose(scores, -5e25, rtol=1e-3)
+
+
 def test_marginalisation_changes_score(fitted_density, digits_split):
     X = digits_split[1][:5].copy()
     full = fitted_density.score_samples(X)

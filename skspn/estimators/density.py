@@ -331,6 +331,12 @@ class GenerativeDGCSPN(BaseDGCSPN):
         absolute intensity.
         For discrete leaves it is the log-probability of the observed values.
 
+        The network computes in float32, where the square of a far outlier's distance
+        overflows: a Normal leaf takes an entry more than ``1e15`` times its smallest
+        possible scale (``1e13`` leaf widths with the default ``leaf_scale``) from its mean
+        as being that far. The log-densities of such outliers saturate, finite and the
+        same however much further out they are (about ``-5e25`` per entry that far out).
+
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features) or (n_samples, H, W[, C])
