@@ -335,7 +335,8 @@ class GenerativeDGCSPN(BaseDGCSPN):
         overflows: a Normal leaf takes an entry more than ``1e15`` times its smallest
         possible scale (``1e13`` leaf widths with the default ``leaf_scale``) from its mean
         as being that far. The log-densities of such outliers saturate, finite and the
-        same however much further out they are (about ``-5e25`` per entry that far out).
+        same however much further out they are (with the default ``leaf_scale``, about
+        ``-5e25`` per entry that far out).
 
         Parameters
         ----------
