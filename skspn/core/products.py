@@ -567,13 +567,11 @@ class Product(tf.Module):
         113.7-117.8 ms, MNIST inpainting net 22.0-25.7 -> 20.9-24.4 ms (batch 128:
         45.0-49.9 -> 42.4-44.2). TensorFlow's kernels copy every slice, and took the one
         pass 10-20 % slower than the axes one after the other (d=2 and d=16 layers of the
-        MNIST inpainting net, batch 64)."""
-        if compiled_by_xla():
-            top = tf.reduce_max(s, axis=-1, keepdims=True)
-            return (self._windowed(s, tf.multiply, 1.0, scale=tf.math.reciprocal(top)),
-                    self._windowed(m + tf.math.log(top), tf.add, 0.0))
-        s, m = _normalised(s, m)
-        return self._along_axes(s, tf.multiply, 1.0), self._along_axes(m, tf.add, 0.0)
+        MNIST inpainting net, batch 64). Outside XLA, as ``_normalised``: the children
+        scaled first, then combined."""
+        top = tf.reduce_max(s, axis=-1, keepdims=True)
+        return (self._along_axes(s, tf.multiply, 1.0, scale=tf.math.reciprocal(top)),
+                self._along_axes(m + tf.math.log(top), tf.add, 0.0))
 
     def _separable(self):
         """Whether the product is depthwise with unit strides: its kernel is then the
@@ -582,13 +580,22 @@ class Product(tf.Module):
         return (self.mode == "depthwise" and len(self.offsets) > 1
                 and all(op.stride == 1 for op in self.axes))
 
-    def _along_axes(self, x, combine, fill, transpose=False):
+    def _along_axes(self, x, combine, fill, transpose=False, scale=None):
         """A ``_separable`` product's children combined by ``combine`` (``tf.add`` of
         log-values, padding 0; ``tf.multiply`` of values, padding 1), first along the
         rows, then along the columns: ``[H_in, W_in, B, C]`` -> ``[H_out, W_out, B, C]``;
         with ``transpose``, the transpose of the sum (``[H_out, W_out, ...]`` ->
         ``[H_in, W_in, ...]``). Two combinations per output instead of three for a 2x2
-        kernel, and no padded copy of the input."""
+        kernel, and no padded copy of the input. ``scale``: the children taken as
+        ``x * scale``.
+
+        In code compiled by XLA (``compiled_by_xla``) the product (not its transpose) is
+        taken over both axes in one pass instead (``_windowed``; see
+        ``_normalised_children`` for why only there)."""
+        if not transpose and compiled_by_xla():
+            return self._windowed(x, combine, fill, scale=scale)
+        if scale is not None:
+            x = x * scale
         sizes = self.resolved.in_shape if transpose else self.out_shape
         for axis, (bases, n_out) in enumerate(zip(self._axis_bases(transpose), sizes)):
             x = _combine_along(x, axis, bases, n_out, combine, fill)
@@ -615,8 +622,6 @@ class Product(tf.Module):
 
     def _forward(self, x):
         if self._separable():
-            if compiled_by_xla():
-                return self._windowed(x, tf.add, 0.0)
             return self._along_axes(x, tf.add, 0.0)
         children = self._children(x)
         if len(children) == 1:
